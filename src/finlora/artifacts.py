@@ -1,0 +1,107 @@
+"""The output directory: its file names, atomic writing, and checks when reading it back.
+
+Layout of a finished run (no pickles anywhere)::
+
+    config.json, model.safetensors        merged model, loadable with plain transformers
+    tokenizer.json, tokenizer_config.json tokenizer files
+    adapter_config.json,
+    adapter_model.safetensors             LoRA adapter (LoRA runs only)
+    training_args.json                    the Hugging Face TrainingArguments, as JSON
+    finlora_config.yaml                   the resolved finlora settings of this run
+    final_results.json                    test/validation metrics, data report, run facts
+    README.md                             a model card with the headline numbers
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from finlora.errors import FinloraError
+
+RESOLVED_CONFIG = "finlora_config.yaml"
+RESULTS = "final_results.json"
+TRAINING_ARGS = "training_args.json"
+MODEL_CARD = "README.md"
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a staging directory that becomes `target` only if the block succeeds.
+
+    The staging directory sits next to the target (same file system, so the final rename is
+    atomic); on failure it is removed and any previous `target` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = None
+    if target.exists():
+        previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        previous.rmdir()
+        target.rename(previous)
+    staging.rename(target)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def require_model_dir(path: str | Path) -> Path:
+    """A directory holding a saved (merged) model, or a one-line error saying what it lacks."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FinloraError(f"model directory {path} does not exist; pass a `finlora train` output")
+    if not (path / "config.json").is_file():
+        raise FinloraError(
+            f"{path} holds no config.json; pass the --output_dir of a `finlora train` run"
+        )
+    if not any(path.glob("*.safetensors")):
+        raise FinloraError(f"{path} holds no model weights (*.safetensors)")
+    return path
+
+
+def read_results(model_dir: str | Path) -> dict | None:
+    path = Path(model_dir) / RESULTS
+    return read_json(path) if path.is_file() else None
+
+
+def write_model_card(path: Path, results: dict) -> None:
+    test = results.get("test") or {}
+    lines = [
+        f"# finlora classifier: {', '.join(results['labels'])}",
+        "",
+        f"- base model: `{results['base_model']}` ({results['strategy']})",
+        f"- trainable parameters: {results['trainable_params']:,} of "
+        f"{results['total_params']:,} ({100 * results['trainable_fraction']:.2f}%)",
+        f"- data: `{results['data']['source']}`",
+    ]
+    if test:
+        lines.append(
+            f"- test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f} "
+            f"(n={test['size']})"
+        )
+    lines += [
+        "",
+        "Load with plain transformers: "
+        "`AutoModelForSequenceClassification.from_pretrained(this_dir)`, "
+        "or `finlora predict --model this_dir TEXT`.",
+        "",
+    ]
+    (path / MODEL_CARD).write_text("\n".join(lines), encoding="utf-8")

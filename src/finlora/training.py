@@ -1,0 +1,335 @@
+"""Training: the Trainer subclass (it only overrides `compute_loss`) and `train(config)`."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from finlora import __version__
+from finlora.artifacts import (
+    RESOLVED_CONFIG,
+    RESULTS,
+    TRAINING_ARGS,
+    atomic_output_dir,
+    write_json,
+    write_model_card,
+)
+from finlora.config import TrainConfig, save_config
+from finlora.data import PreparedData, prepare_data
+from finlora.evaluation import classification_report, format_report, macro_f1_metrics
+from finlora.losses import build_loss, class_weights, resolve_loss_name
+from finlora.modeling import (
+    apply_lora,
+    check_only_adapters_train,
+    load_classifier,
+    load_tokenizer,
+    log_parameter_report,
+    merge_adapter,
+)
+from finlora.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+class WeightedLossTrainer(Trainer):
+    """A `Trainer` whose loss is a module passed in (weighted CE, focal, ...)."""
+
+    # Our losses are per-batch means, so Trainer must divide them by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, loss_fn: nn.Module, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn.to(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = self.loss_fn(outputs.logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+
+class EncodedTexts(Dataset):
+    """Tokenized texts (unpadded; the collator pads each batch) with their class ids."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], label_ids: Sequence[int], max_length: int):
+        self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.label_ids = list(label_ids)
+
+    def __len__(self) -> int:
+        return len(self.label_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {key: values[i] for key, values in self.encodings.items()}
+        item["labels"] = self.label_ids[i]
+        return item
+
+
+class EpochSummary(TrainerCallback):
+    """One readable line per epoch: train loss and the validation metrics."""
+
+    def __init__(self) -> None:
+        self.train_loss: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.train_loss = logs["loss"]
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        log.info(
+            "epoch %.0f/%.0f: train loss %s | validation macro-F1 %.4f, accuracy %.4f",
+            state.epoch or 0,
+            args.num_train_epochs,
+            f"{self.train_loss:.4f}" if self.train_loss is not None else "-",
+            metrics.get("eval_macro_f1", float("nan")),
+            metrics.get("eval_accuracy", float("nan")),
+        )
+
+
+def cpu_supports_bf16() -> bool:
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(check and check())
+
+
+def precision_policy(fp16: bool, bf16: bool) -> str:
+    """Map the user's wishes to what this machine can do: 'fp16', 'bf16' or 'fp32'."""
+    cuda = torch.cuda.is_available()
+    if fp16:
+        if cuda:
+            return "fp16"
+        fallback = "bf16" if cpu_supports_bf16() else "fp32"
+        log.warning("--fp16 needs a CUDA GPU and none is available; using %s instead", fallback)
+        return fallback
+    if bf16:
+        if (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_supports_bf16()):
+            return "bf16"
+        log.warning("--bf16 is not supported on this device; training in fp32")
+    return "fp32"
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated on CUDA; otherwise the process's peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import sklearn
+    import transformers
+
+    return {
+        "finlora": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def epoch_history(log_history: list[dict]) -> list[dict]:
+    """Per-epoch train loss and validation metrics from the Trainer's log."""
+    epochs: dict[float, dict] = {}
+    for entry in log_history:
+        if "epoch" not in entry:
+            continue
+        row = epochs.setdefault(round(entry["epoch"], 4), {"epoch": round(entry["epoch"], 4)})
+        if "loss" in entry:
+            row["train_loss"] = entry["loss"]
+        for key, name in (
+            ("eval_loss", "validation_loss"),
+            ("eval_macro_f1", "macro_f1"),
+            ("eval_accuracy", "accuracy"),
+        ):
+            if key in entry:
+                row[name] = entry[key]
+    return [row for _, row in sorted(epochs.items()) if "macro_f1" in row]
+
+
+def training_arguments(config: TrainConfig, precision: str, checkpoint_dir: str) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=checkpoint_dir,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        label_names=["labels"],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
+    """Train, select on validation macro-F1, test, and write the artifacts atomically.
+
+    Returns the `final_results.json` payload.
+    """
+    set_seed(config.seed)
+    data = data or prepare_data(config)
+    tokenizer = load_tokenizer(config.model_name)
+    model = load_classifier(config.model_name, data.labels)
+    if config.use_lora:
+        model = apply_lora(
+            model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
+        )
+        check_only_adapters_train(model)
+    params = log_parameter_report(model)
+
+    loss_name = resolve_loss_name(config.loss, data.imbalanced)
+    weights = None
+    if loss_name in ("weighted_ce", "focal"):
+        weights = class_weights(data.class_counts("train"), config.class_weights)
+    loss_fn = build_loss(loss_name, weights, config.focal_gamma)
+    log.info(
+        "loss: %s%s",
+        loss_name,
+        f" with class weights {dict(zip(data.labels, (round(w, 3) for w in weights)))}"
+        if weights
+        else "",
+    )
+    precision = precision_policy(config.fp16, config.bf16)
+
+    train_set = EncodedTexts(tokenizer, data.train["text"], data.label_ids("train"), config.max_length)
+    validation_set = EncodedTexts(
+        tokenizer, data.validation["text"], data.label_ids("validation"), config.max_length
+    )
+    callbacks: list[TrainerCallback] = [EpochSummary()]
+    if config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+
+    with (
+        atomic_output_dir(config.output_dir) as staging,
+        tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as checkpoints,
+    ):
+        args = training_arguments(config, precision, checkpoints)
+        trainer = WeightedLossTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=validation_set,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=macro_f1_metrics,
+            callbacks=callbacks,
+            loss_fn=loss_fn,
+        )
+        log.info(
+            "training %s on %d examples: %s epochs, batch %d, lr %g, %s, %s",
+            "LoRA" if config.use_lora else "all parameters",
+            len(train_set),
+            config.epochs,
+            config.batch_size,
+            config.learning_rate,
+            precision,
+            device_name(),
+        )
+        started = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - started
+
+        results = write_artifacts(
+            staging, trainer, tokenizer, config, data, params, precision, train_seconds, loss_name, weights
+        )
+    log.info("artifacts written to %s", config.output_dir)
+    return results
+
+
+def write_artifacts(
+    staging: Path,
+    trainer: Trainer,
+    tokenizer,
+    config: TrainConfig,
+    data: PreparedData,
+    params: dict,
+    precision: str,
+    train_seconds: float,
+    loss_name: str,
+    weights: list[float] | None,
+) -> dict:
+    """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report."""
+    model = trainer.model
+    if config.use_lora:
+        model.save_pretrained(staging)  # adapter_model.safetensors + adapter_config.json
+    merged = merge_adapter(model).to("cpu").float()
+    merged.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    write_json(staging / TRAINING_ARGS, trainer.args.to_dict())
+    save_config(config, staging / RESOLVED_CONFIG)
+
+    predictor = Predictor(merged, tokenizer, config.max_length, config.eval_batch_size)
+    validation = classification_report(
+        data.label_ids("validation"), predictor.predict_ids(data.validation["text"]), data.labels
+    )
+    test = None
+    if not data.test.empty:
+        test = classification_report(
+            data.label_ids("test"), predictor.predict_ids(data.test["text"]), data.labels
+        )
+        log.info("\n%s", format_report(test, "test"))
+    history = epoch_history(trainer.state.log_history)
+    results = {
+        "task": "single_label",
+        "labels": data.labels,
+        "base_model": config.model_name,
+        "strategy": "lora" if config.use_lora else "full",
+        "test": test,
+        "validation": validation,
+        "best_epoch": next(
+            (r["epoch"] for r in history if r["macro_f1"] == trainer.state.best_metric), None
+        ),
+        "history": history,
+        **params,
+        "train_seconds": round(train_seconds, 2),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "device": device_name(),
+        "precision": precision,
+        "seed": config.seed,
+        "loss": {"name": loss_name, "class_weights": weights, "focal_gamma": config.focal_gamma},
+        "data": data.info,
+        "versions": library_versions(),
+    }
+    write_json(staging / RESULTS, results)
+    write_model_card(staging, results)
+    return results

