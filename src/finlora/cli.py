@@ -36,12 +36,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         if kind is bool:
             parser.add_argument(
-                f"--{f.name}", nargs="?", const=True, type=parse_bool, metavar="BOOL",
-                default=argparse.SUPPRESS, help=help_text,
+                f"--{f.name}",
+                nargs="?",
+                const=True,
+                type=parse_bool,
+                metavar="BOOL",
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         else:
             parser.add_argument(
-                f"--{f.name}", type=str, metavar=f.name.upper(), default=argparse.SUPPRESS,
+                f"--{f.name}",
+                type=str,
+                metavar=f.name.upper(),
+                default=argparse.SUPPRESS,
                 help=help_text,
             )
 
@@ -61,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML recipe (see config/)")
     _add_config_flags(train, TrainConfig)
     train.add_argument(
-        "--no_lora", dest="use_lora", action="store_const", const=False,
-        default=argparse.SUPPRESS, help="full fine-tuning instead of LoRA",
+        "--no_lora",
+        dest="use_lora",
+        action="store_const",
+        const=False,
+        default=argparse.SUPPRESS,
+        help="full fine-tuning instead of LoRA",
     )
     train.set_defaults(handler=cmd_train)
 
@@ -116,7 +128,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_known_labels(frame, predictor.labels, args.data)
     index = {name: i for i, name in enumerate(predictor.labels)}
     block = classification_report(
-        [index[lab] for lab in frame["label"]], predictor.predict_ids(frame["text"]), predictor.labels
+        [index[lab] for lab in frame["label"]],
+        predictor.predict_ids(frame["text"]),
+        predictor.labels,
     )
     log.info("\n%s", format_report(block, Path(args.data).name))
     if args.output:

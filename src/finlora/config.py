@@ -41,7 +41,9 @@ class TrainConfig:
         "named dataset: phrasebank_allagree|phrasebank_75agree|phrasebank_66agree|"
         "phrasebank_50agree (the default when no --data is given)",
     )
-    data: str | None = _opt(None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet")
+    data: str | None = _opt(
+        None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet"
+    )
     validation_data: str | None = _opt(None, "explicit validation file (otherwise split off)")
     test_data: str | None = _opt(None, "explicit test file (otherwise split off)")
     data_dir: str | None = _opt(

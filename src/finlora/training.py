@@ -24,6 +24,7 @@ from transformers import (
 
 from finlora import __version__
 from finlora.artifacts import (
+    ADAPTER_DIR,
     RESOLVED_CONFIG,
     RESULTS,
     TRAINING_ARGS,
@@ -171,7 +172,9 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
     return [row for _, row in sorted(epochs.items()) if "macro_f1" in row]
 
 
-def training_arguments(config: TrainConfig, precision: str, checkpoint_dir: str) -> TrainingArguments:
+def training_arguments(
+    config: TrainConfig, precision: str, checkpoint_dir: str
+) -> TrainingArguments:
     return TrainingArguments(
         output_dir=checkpoint_dir,
         num_train_epochs=config.epochs,
@@ -232,7 +235,9 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
     )
     precision = precision_policy(config.fp16, config.bf16)
 
-    train_set = EncodedTexts(tokenizer, data.train["text"], data.label_ids("train"), config.max_length)
+    train_set = EncodedTexts(
+        tokenizer, data.train["text"], data.label_ids("train"), config.max_length
+    )
     validation_set = EncodedTexts(
         tokenizer, data.validation["text"], data.label_ids("validation"), config.max_length
     )
@@ -270,7 +275,16 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
         train_seconds = time.perf_counter() - started
 
         results = write_artifacts(
-            staging, trainer, tokenizer, config, data, params, precision, train_seconds, loss_name, weights
+            staging,
+            trainer,
+            tokenizer,
+            config,
+            data,
+            params,
+            precision,
+            train_seconds,
+            loss_name,
+            weights,
         )
     log.info("artifacts written to %s", config.output_dir)
     return results
@@ -291,7 +305,9 @@ def write_artifacts(
     """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report."""
     model = trainer.model
     if config.use_lora:
-        model.save_pretrained(staging)  # adapter_model.safetensors + adapter_config.json
+        # In a subfolder: transformers applies an adapter_config.json it finds next to
+        # config.json on top of the (already merged) weights, which would apply LoRA twice.
+        model.save_pretrained(staging / ADAPTER_DIR)
     merged = merge_adapter(model).to("cpu").float()
     merged.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
