@@ -89,10 +89,33 @@ class TrainConfig:
     bf16: bool = _opt(False, "bf16 mixed precision (CPU with AVX-512 BF16, or GPU)")
     output_dir: str = _opt("outputs/finlora", "where the artifacts are written (atomically)")
 
-    # --- seed README cloud flags (wired up by the cloud issue) ---
-    use_s3: bool = _opt(False, "read data from / write artifacts to S3")
+    checkpoint_dir: str | None = _opt(
+        None,
+        "keep per-epoch checkpoints (with optimizer state) here, local or s3://; rerunning "
+        "resumes from the latest complete one (default on SageMaker: /opt/ml/checkpoints)",
+    )
+
+    # --- cloud: S3 (any path above may also be an s3://bucket/key URI) ---
+    use_s3: bool = _opt(
+        False, "resolve relative --data/--*_data/--output_dir/--checkpoint_dir under s3://BUCKET/KEY/"
+    )
     s3_bucket: str | None = _opt(None, "S3 bucket for --use_s3")
     s3_key: str | None = _opt(None, "key prefix in the bucket for --use_s3")
+    s3_endpoint_url: str | None = _opt(
+        None, "S3-compatible endpoint (MinIO, LocalStack, ...); env AWS_ENDPOINT_URL also works"
+    )
+
+    # --- experiment tracking ---
+    mlflow: bool = _opt(False, "track the run in MLflow (same as --report_to mlflow)")
+    report_to: list[str] | None = _list("integrations to report to: mlflow")
+    tracking_uri: str | None = _opt(
+        None, "MLflow tracking URI (env MLFLOW_TRACKING_URI; default sqlite:///mlruns.db)"
+    )
+    experiment_name: str = _opt("finlora", "MLflow experiment")
+    run_name: str | None = _opt(None, "MLflow run name (default: generated)")
+    register_model: str | None = _opt(
+        None, "register the trained model under this name in the MLflow Model Registry"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -116,6 +139,17 @@ class TrainConfig:
             raise FinloraError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.data and self.dataset:
             raise FinloraError("give either --data FILE or --dataset NAME, not both")
+        if self.use_s3 != bool(self.s3_bucket):
+            raise FinloraError("--use_s3 True and --s3_bucket BUCKET go together; give both")
+        unknown = sorted(set(self.report_to or []) - {"mlflow", "none"})
+        if unknown:
+            raise FinloraError(f"--report_to {','.join(unknown)} is unknown; use mlflow or none")
+        if self.register_model and not self.tracks_mlflow:
+            raise FinloraError("--register_model needs MLflow tracking: add --mlflow")
+
+    @property
+    def tracks_mlflow(self) -> bool:
+        return self.mlflow or "mlflow" in (self.report_to or [])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

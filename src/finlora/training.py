@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import platform
 import resource
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -21,6 +25,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from finlora import __version__
 from finlora.artifacts import (
@@ -33,6 +38,7 @@ from finlora.artifacts import (
 )
 from finlora.config import TrainConfig, save_config
 from finlora.data import PreparedData, prepare_data
+from finlora.errors import FinloraError
 from finlora.evaluation import classification_report, format_report, macro_f1_metrics
 from finlora.losses import build_loss, class_weights, resolve_loss_name
 from finlora.modeling import (
@@ -171,7 +177,10 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
     return [row for _, row in sorted(epochs.items()) if "macro_f1" in row]
 
 
-def training_arguments(config: TrainConfig, precision: str, checkpoint_dir: str) -> TrainingArguments:
+def training_arguments(
+    config: TrainConfig, precision: str, checkpoint_dir: str, resumable: bool = False
+) -> TrainingArguments:
+    """Hugging Face settings; `resumable` keeps optimizer, scheduler and RNG state per epoch."""
     return TrainingArguments(
         output_dir=checkpoint_dir,
         num_train_epochs=config.epochs,
@@ -186,7 +195,7 @@ def training_arguments(config: TrainConfig, precision: str, checkpoint_dir: str)
         save_strategy="epoch",
         logging_strategy="epoch",
         save_total_limit=1,
-        save_only_model=True,
+        save_only_model=not resumable,
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
@@ -202,9 +211,93 @@ def training_arguments(config: TrainConfig, precision: str, checkpoint_dir: str)
     )
 
 
-def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
+CHECKPOINT_COMPLETE = "finlora_checkpoint_complete"
+CHECKPOINT_RUN = "finlora_run.json"
+# Settings that say where things live or are reported, not what is trained.
+NOT_TRAINING_SETTINGS = {
+    "data", "validation_data", "test_data", "data_dir", "output_dir", "checkpoint_dir",
+    "use_s3", "s3_bucket", "s3_key", "s3_endpoint_url", "mlflow", "report_to", "tracking_uri",
+    "experiment_name", "run_name", "register_model",
+}  # fmt: skip
+
+
+class MarkCheckpointComplete(TrainerCallback):
+    """Mark a checkpoint complete once the Trainer has written all of it (and rotated)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            (folder / CHECKPOINT_COMPLETE).write_text(f"{state.global_step}\n")
+
+
+def run_fingerprint(config: TrainConfig, data: PreparedData) -> str:
+    """What makes checkpoints reusable: the training settings and the data's content."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_TRAINING_SETTINGS}
+    hashes = {split: f.get("sha256") for split, f in data.info.get("files", {}).items()}
+    payload = json.dumps({"settings": settings, "data": hashes}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def resume_point(checkpoint_dir: Path, fingerprint: str) -> Path | None:
+    """The latest complete checkpoint of this same run, after removing half-written ones."""
+    run_file = checkpoint_dir / CHECKPOINT_RUN
+    if run_file.is_file() and json.loads(run_file.read_text())["fingerprint"] != fingerprint:
+        raise FinloraError(
+            f"--checkpoint_dir {checkpoint_dir} holds checkpoints of a different run (other "
+            "settings or data); use an empty --checkpoint_dir or delete that one"
+        )
+    run_file.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    complete = []
+    for folder in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if (folder / CHECKPOINT_COMPLETE).is_file():
+            complete.append(folder)
+        else:
+            log.warning("removing half-written checkpoint %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    if not complete:
+        return None
+    latest = max(complete, key=checkpoint_step)
+    # The best checkpoint is recorded as an absolute path; the directory may have moved
+    # (downloaded from S3, restored by SageMaker), so point it at this copy.
+    state_file = latest / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    if state.get("best_model_checkpoint"):
+        state["best_model_checkpoint"] = str(
+            checkpoint_dir / Path(state["best_model_checkpoint"]).name
+        )
+        state_file.write_text(json.dumps(state, indent=2))
+    log.info("resuming from %s (step %d)", latest, checkpoint_step(latest))
+    return latest
+
+
+@contextlib.contextmanager
+def checkpoint_space(checkpoint_dir: str | Path | None) -> Iterator[Path]:
+    """The given checkpoint directory (kept), or a temporary one for a non-resumable run."""
+    if checkpoint_dir is None:
+        with tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as tmp:
+            yield Path(tmp)
+        return
+    path = Path(checkpoint_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+
+
+def train(
+    config: TrainConfig,
+    data: PreparedData | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict:
     """Train, select on validation macro-F1, test, and write the artifacts atomically.
 
+    `output_dir` and `checkpoint_dir` (local paths) override the config's, for callers that
+    stage remote locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
     Returns the `final_results.json` payload.
     """
     set_seed(config.seed)
@@ -236,15 +329,20 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
     validation_set = EncodedTexts(
         tokenizer, data.validation["text"], data.label_ids("validation"), config.max_length
     )
-    callbacks: list[TrainerCallback] = [EpochSummary()]
+    output_dir = output_dir or config.output_dir
+    checkpoint_dir = checkpoint_dir or config.checkpoint_dir
+    resumable = checkpoint_dir is not None
+    trainer_callbacks: list[TrainerCallback] = [EpochSummary(), MarkCheckpointComplete()]
     if config.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+        trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+    trainer_callbacks += callbacks
 
     with (
-        atomic_output_dir(config.output_dir) as staging,
-        tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as checkpoints,
+        atomic_output_dir(output_dir) as staging,
+        checkpoint_space(checkpoint_dir) as checkpoints,
     ):
-        args = training_arguments(config, precision, checkpoints)
+        resume = resume_point(checkpoints, run_fingerprint(config, data)) if resumable else None
+        args = training_arguments(config, precision, str(checkpoints), resumable)
         trainer = WeightedLossTrainer(
             model=model,
             args=args,
@@ -252,7 +350,7 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
             eval_dataset=validation_set,
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=macro_f1_metrics,
-            callbacks=callbacks,
+            callbacks=trainer_callbacks,
             loss_fn=loss_fn,
         )
         log.info(
@@ -266,13 +364,13 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
             device_name(),
         )
         started = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_seconds = time.perf_counter() - started
 
         results = write_artifacts(
             staging, trainer, tokenizer, config, data, params, precision, train_seconds, loss_name, weights
         )
-    log.info("artifacts written to %s", config.output_dir)
+    log.info("artifacts written to %s", output_dir)
     return results
 
 
