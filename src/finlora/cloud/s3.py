@@ -121,12 +121,18 @@ def _client_error(exc: ClientError, uri: str, action: str, s3) -> FinloraError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     parsed = S3Uri.parse(uri)
-    if code == "NoSuchBucket" or (code in ("404", "NotFound") and not parsed.key):
+    missing = code in ("NoSuchBucket", "NoSuchKey", "404", "NotFound")
+    if missing and (
+        code == "NoSuchBucket"
+        or exc.operation_name == "HeadBucket"
+        or not parsed.key
+        or (s3 is not None and not bucket_exists(s3, parsed.bucket))
+    ):
         return FinloraError(
             f"bucket {parsed.bucket!r} does not exist (to {action} {uri}); check the name "
             "and region, or create it"
         )
-    if code in ("NoSuchKey", "404", "NotFound"):
+    if missing:
         near = near_matches(s3, parsed) if s3 is not None else []
         hint = (
             f"; similar keys: {', '.join(near)}" if near else "; nothing similar under that prefix"
@@ -140,6 +146,14 @@ def _client_error(exc: ClientError, uri: str, action: str, s3) -> FinloraError:
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
         return FinloraError(f"AWS credentials rejected ({code}) to {action} {uri}; refresh them")
     return FinloraError(f"cannot {action} {uri}: {code} {error.get('Message', '')}".strip())
+
+
+def bucket_exists(s3, bucket: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        return exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound")
+    return True
 
 
 def near_matches(s3, uri: S3Uri, limit: int = 5) -> list[str]:
@@ -304,16 +318,27 @@ def delete_prefix(uri: str, endpoint_url: str | None = None) -> None:
         _delete_keys(s3, parsed.bucket, [k for k in keys if k != marker])
 
 
-def complete_subdirs(uri: str, endpoint_url: str | None = None) -> list[str]:
-    """Names of the 'subdirectories' of a prefix that carry a `_SUCCESS` marker."""
+def subdirs(uri: str, endpoint_url: str | None = None, complete_only: bool = False) -> list[str]:
+    """Names of the 'subdirectories' of a prefix (only those with `_SUCCESS` if asked)."""
     parsed = S3Uri.parse(uri)
     s3 = client(endpoint_url)
     with explained(uri, "list", s3):
         keys = [k for k, _ in list_objects(s3, parsed.bucket, parsed.prefix)]
     names = set()
     for key in keys:
-        rest = key[len(parsed.prefix) :]
-        head, _, tail = rest.partition("/")
-        if tail == SUCCESS_MARKER:
+        head, sep, tail = key[len(parsed.prefix) :].partition("/")
+        if sep and (tail == SUCCESS_MARKER or not complete_only):
             names.add(head)
     return sorted(names)
+
+
+def exists(uri: str, endpoint_url: str | None = None) -> bool:
+    parsed = S3Uri.parse(uri)
+    s3 = client(endpoint_url)
+    try:
+        s3.head_object(Bucket=parsed.bucket, Key=parsed.key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _client_error(exc, uri, "read", s3) from exc
+    return True
