@@ -41,14 +41,15 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 60
 
 
 @contextlib.contextmanager
-def server(args: list[str], url: str, log: Path, env: dict | None = None) -> Iterator[str]:
+def server(args: list[str], url: str, log: Path, env: dict | None = None) -> Iterator[None]:
+    """Run a server process until the block ends; `url` answers once it is ready."""
     with open(log, "w") as out:
         process = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
     try:
         wait_for(url, process, log)
-        yield url
+        yield
     finally:
         process.terminate()
         try:
@@ -63,5 +64,5 @@ def moto(tmp: Path, env: dict | None = None) -> Iterator[str]:
     """moto's standalone server: S3, SageMaker, IAM ... over real HTTP."""
     port = free_port()
     args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with server(args, f"http://127.0.0.1:{port}/moto-api/", tmp / "moto.log", env) as _:
+    with server(args, f"http://127.0.0.1:{port}/moto-api/", tmp / "moto.log", env):
         yield f"http://127.0.0.1:{port}"
