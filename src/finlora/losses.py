@@ -77,9 +77,7 @@ def resolve_loss_name(loss: str, imbalanced: bool) -> str:
     return loss
 
 
-def build_loss(
-    loss: str, weights: Sequence[float] | None, focal_gamma: float = 2.0
-) -> nn.Module:
+def build_loss(loss: str, weights: Sequence[float] | None, focal_gamma: float = 2.0) -> nn.Module:
     """The loss module for a resolved loss name (`ce`, `weighted_ce`, `focal`)."""
     weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
     if loss == "ce":

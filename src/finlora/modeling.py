@@ -135,9 +135,7 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     if isinstance(model, PeftModel):
         # modules_to_save keeps a frozen original of the head next to the trainable copy.
-        total -= sum(
-            p.numel() for n, p in model.named_parameters() if ".original_module." in n
-        )
+        total -= sum(p.numel() for n, p in model.named_parameters() if ".original_module." in n)
         total -= sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     return trainable, total
 

@@ -20,7 +20,9 @@ from finlora.predictor import Predictor
 CHUNK_ROWS = 4096
 
 
-def iter_chunks(path: str | Path, text_column: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+def iter_chunks(
+    path: str | Path, text_column: str, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
     """Chunks of an input file; `.txt` is one text per line (column `text`)."""
     path = Path(path)
     if not path.is_file():

@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from finlora import __version__
 from finlora.artifacts import (
+    ADAPTER_DIR,
     RESOLVED_CONFIG,
     RESULTS,
     TRAINING_ARGS,
@@ -325,7 +326,9 @@ def train(
     )
     precision = precision_policy(config.fp16, config.bf16)
 
-    train_set = EncodedTexts(tokenizer, data.train["text"], data.label_ids("train"), config.max_length)
+    train_set = EncodedTexts(
+        tokenizer, data.train["text"], data.label_ids("train"), config.max_length
+    )
     validation_set = EncodedTexts(
         tokenizer, data.validation["text"], data.label_ids("validation"), config.max_length
     )
@@ -368,7 +371,16 @@ def train(
         train_seconds = time.perf_counter() - started
 
         results = write_artifacts(
-            staging, trainer, tokenizer, config, data, params, precision, train_seconds, loss_name, weights
+            staging,
+            trainer,
+            tokenizer,
+            config,
+            data,
+            params,
+            precision,
+            train_seconds,
+            loss_name,
+            weights,
         )
     log.info("artifacts written to %s", output_dir)
     return results
@@ -389,7 +401,9 @@ def write_artifacts(
     """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report."""
     model = trainer.model
     if config.use_lora:
-        model.save_pretrained(staging)  # adapter_model.safetensors + adapter_config.json
+        # In a subfolder: transformers applies an adapter_config.json it finds next to
+        # config.json on top of the (already merged) weights, which would apply LoRA twice.
+        model.save_pretrained(staging / ADAPTER_DIR)
     merged = merge_adapter(model).to("cpu").float()
     merged.save_pretrained(staging)
     tokenizer.save_pretrained(staging)

@@ -121,8 +121,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
     except UnicodeDecodeError as exc:
         raise FinloraError(
-            f"data file {path} is not UTF-8 ({exc.reason} at byte {exc.start}); "
-            "re-save it as UTF-8"
+            f"data file {path} is not UTF-8 ({exc.reason} at byte {exc.start}); re-save it as UTF-8"
         ) from exc
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

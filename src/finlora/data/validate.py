@@ -76,7 +76,9 @@ def clean(frame: pd.DataFrame, source: str = "data") -> tuple[pd.DataFrame, Clea
             report.conflicting_examples[0],
         )
     if frame.empty:
-        raise FinloraError(f"{source}: no usable rows left after cleaning (all empty or unlabelled)")
+        raise FinloraError(
+            f"{source}: no usable rows left after cleaning (all empty or unlabelled)"
+        )
     return frame, report
 
 

@@ -1,0 +1,56 @@
+"""The command line as a user meets it: exit codes and one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from finlora.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "missing.csv"], "does not exist"),
+        (["train", "--epochs", "x"], "cannot read 'x' as float"),
+        (["train", "--no_such_flag"], "unrecognized arguments"),
+        (["train", "--config", "nope.yaml"], "config file nope.yaml does not exist"),
+        (["train", "--dataset", "imdb"], "unknown dataset"),
+        (["predict", "--model", "nowhere", "text"], "does not exist"),
+        (["predict", "--model", "."], "give texts to classify or --input"),
+        (["evaluate", "--model", "nowhere"], "required: --data"),
+    ],
+)
+def test_usage_and_data_errors_exit_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_csv_column_names_existing_columns(tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    path.write_text("sentence,y\na,b\n")
+    assert main(["train", "--data", str(path)]) == 2
+    assert "columns are 'sentence', 'y'" in capsys.readouterr().err
+
+
+def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, data_dir):
+    """`python train.py --model_name ProsusAI/finbert --use_lora --batch_size 16 --fp16`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FINLORA_DATA_DIR": str(data_dir),
+           "HF_HOME": str(tmp_path / "hf")}  # fmt: skip
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, "train.py"), "--model_name", "ProsusAI/finbert",
+         "--use_lora", "--batch_size", "16", "--fp16", "--output_dir", str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("finlora: error: cannot load model 'ProsusAI/finbert'")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

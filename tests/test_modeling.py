@@ -1,0 +1,108 @@
+"""LoRA behaviour on a tiny BERT: what trains, what saves, what merges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from finlora.errors import FinloraError
+from finlora.modeling import (
+    LORA_TARGETS,
+    apply_lora,
+    check_only_adapters_train,
+    load_classifier,
+    load_tokenizer,
+    merge_adapter,
+    parameter_counts,
+)
+
+LABELS = ["negative", "neutral", "positive"]
+TEXTS = ["Profit rose sharply .", "Sales fell 10 % .", "The meeting is on Monday ."]
+
+
+@pytest.fixture()
+def lora_model(tiny_model_dir):
+    torch.manual_seed(0)
+    model = apply_lora(load_classifier(str(tiny_model_dir), LABELS), 4, 8, 0.0)
+    # LoRA B starts at zero; perturb it so merging has something to fold in.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return model
+
+
+def batch(tiny_model_dir):
+    return load_tokenizer(str(tiny_model_dir))(TEXTS, padding=True, return_tensors="pt")
+
+
+def test_only_adapter_and_head_change_after_a_step(lora_model, tiny_model_dir):
+    check_only_adapters_train(lora_model)
+    before = {n: p.detach().clone() for n, p in lora_model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=0.1)
+    lora_model.train()
+    out = lora_model(**batch(tiny_model_dir), labels=torch.tensor([0, 1, 2]))
+    out.loss.backward()
+    optimizer.step()
+    changed = {n for n, p in lora_model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "nothing trained"
+    assert all("lora_" in n or "modules_to_save" in n for n in changed)
+    assert any("lora_" in n for n in changed) and any("classifier" in n for n in changed)
+
+
+def test_trainable_fraction_is_small_and_stray_parameters_refused(lora_model):
+    trainable, total = parameter_counts(lora_model)
+    base = sum(p.numel() for n, p in lora_model.named_parameters() if "lora_" not in n)
+    assert trainable < total < base
+    next(p for n, p in lora_model.named_parameters() if "embeddings" in n).requires_grad_(True)
+    with pytest.raises(FinloraError, match="would also train"):
+        check_only_adapters_train(lora_model)
+
+
+def test_adapter_save_load_and_merge_reproduce_logits(lora_model, tiny_model_dir, tmp_path):
+    inputs = batch(tiny_model_dir)
+    lora_model.eval()
+    with torch.no_grad():
+        expected = lora_model(**inputs).logits
+    lora_model.save_pretrained(tmp_path / "adapter")
+    base = load_classifier(str(tiny_model_dir), LABELS)
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-6)
+
+    merge_adapter(lora_model).save_pretrained(tmp_path / "merged")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert not isinstance(plain, PeftModel)
+    assert plain.config.id2label == dict(enumerate(LABELS))
+    with torch.no_grad():
+        assert torch.allclose(plain(**inputs).logits, expected, atol=1e-5)
+
+
+def test_targets_resolved_per_architecture(tiny_model_dir):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    model = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=2)
+    )
+    wrapped = apply_lora(model, 2, 4, 0.0)
+    names = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert any("q_lin.lora_A" in n for n in names) and any("v_lin.lora_A" in n for n in names)
+    check_only_adapters_train(wrapped)
+    assert {
+        "bert",
+        "roberta",
+        "deberta-v2",
+        "distilbert",
+        "albert",
+        "electra",
+        "xlm-roberta",
+    } <= set(LORA_TARGETS)
+
+
+def test_wrong_targets_and_unloadable_model_are_clear_errors(tiny_model_dir, tmp_path):
+    with pytest.raises(FinloraError, match="--lora_target_modules"):
+        apply_lora(load_classifier(str(tiny_model_dir), LABELS), 2, 4, 0.0, ["q_lin"])
+    with pytest.raises(FinloraError, match="cannot load model 'nobody/no-such-model'"):
+        load_classifier("nobody/no-such-model", LABELS)

@@ -1,0 +1,186 @@
+"""End to end on a tiny in-process BERT with real PhraseBank lines: train, artifacts, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from finlora.cli import main
+from finlora.training import epoch_history, precision_policy
+
+EXPECTED_LORA_FILES = {
+    "README.md",
+    "adapter/README.md",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+    "config.json",
+    "final_results.json",
+    "finlora_config.yaml",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_args.json",
+}
+
+
+def files(root):
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def train_cli(tmp_path, tiny_model_dir, data, name="run", *extra):
+    out = tmp_path / name
+    code = main(
+        [
+            "-q",
+            "train",
+            "--data", str(data),
+            "--model_name", str(tiny_model_dir),
+            "--epochs", "2",
+            "--batch_size", "32",
+            "--learning_rate", "0.005",
+            "--max_length", "48",
+            "--output_dir", str(out),
+            *extra,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def results_of(run):
+    return json.loads((run / "final_results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir, phrasebank_slice):
+    return train_cli(tmp_path_factory.mktemp("lora"), tiny_model_dir, phrasebank_slice)
+
+
+def test_artifact_file_set_is_exact(lora_run):
+    assert files(lora_run) == EXPECTED_LORA_FILES
+    assert not list(lora_run.parent.glob(".*tmp-*")), "staging dir left behind"
+
+
+def test_final_results_schema(lora_run):
+    results = json.loads((lora_run / "final_results.json").read_text())
+    test = results["test"]
+    for key in ("macro_f1", "accuracy", "weighted_f1", "per_class", "confusion_matrix",
+                "prediction_distribution"):  # fmt: skip
+        assert key in test
+    assert set(test["per_class"]) == {"negative", "neutral", "positive"}
+    assert sum(map(sum, test["confusion_matrix"])) == test["size"] == 30
+    assert sum(test["prediction_distribution"].values()) == 30
+    assert 0 < results["trainable_fraction"] < 0.5
+    assert results["trainable_params"] < results["total_params"]
+    assert results["validation"]["macro_f1"] >= 0
+    assert results["data"]["sizes"] == {"train": 239, "validation": 30, "test": 30}
+    assert results["data"]["files"]["train"]["sha256"]
+    assert [row["epoch"] for row in results["history"]] == [1.0, 2.0]
+    assert results["precision"] == "fp32" and results["seed"] == 42
+    assert results["train_seconds"] > 0 and results["peak_memory_mb"] > 0
+    assert {"torch", "transformers", "peft"} <= set(results["versions"])
+
+
+def test_merged_model_loads_with_plain_transformers(lora_run):
+    model = AutoModelForSequenceClassification.from_pretrained(lora_run)
+    assert model.config.id2label[2] == "positive"
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    from peft import PeftModel
+
+    from finlora.modeling import load_classifier
+
+    base = load_classifier(results_of(lora_run)["base_model"], model.config.id2label.values())
+    adapter = PeftModel.from_pretrained(base, lora_run / "adapter").eval()
+    batch = AutoTokenizer.from_pretrained(lora_run)(["Sales fell 20 % ."], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(**batch).logits, adapter(**batch).logits, atol=1e-5)
+
+
+def test_evaluate_reproduces_test_metrics(lora_run, tmp_path, capsys):
+    import pandas as pd
+
+    from finlora.config import TrainConfig
+    from finlora.data import prepare_data
+
+    config = TrainConfig(
+        data=json.loads((lora_run / "final_results.json").read_text())["data"]["source"]
+    )
+    test_split = prepare_data(config).test
+    path = tmp_path / "test.csv"
+    pd.DataFrame(test_split).to_csv(path, index=False)
+    assert main(["-q", "evaluate", "--model", str(lora_run), "--data", str(path),
+                 "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    written = json.loads((tmp_path / "m.json").read_text())
+    expected = json.loads((lora_run / "final_results.json").read_text())["test"]
+    assert written["confusion_matrix"] == expected["confusion_matrix"]
+    assert written["macro_f1"] == pytest.approx(expected["macro_f1"])
+
+
+def test_predict_texts_and_file(lora_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["predict", "--model", str(lora_run), "Profit rose .", "Sales fell ."]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2
+    for record in lines:
+        assert record["label"] in {"negative", "neutral", "positive"}
+        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    source = tmp_path / "news.csv"
+    source.write_text("id,headline\n1,Profit rose .\n2,Sales fell .\n3,\n")
+    out = tmp_path / "scored.parquet"
+    assert main(["predict", "--model", str(lora_run), "--input", str(source),
+                 "--text_column", "headline", "--output", str(out)]) == 0  # fmt: skip
+    import pandas as pd
+
+    scored = pd.read_parquet(out)
+    assert scored.columns.tolist() == ["id", "headline", "label", "prob_negative", "prob_neutral",
+                                       "prob_positive"]  # fmt: skip
+    assert len(scored) == 3
+
+
+def test_same_seed_same_metrics(lora_run, tmp_path, tiny_model_dir, phrasebank_slice):
+    again = train_cli(tmp_path, tiny_model_dir, phrasebank_slice, "again")
+    first = json.loads((lora_run / "final_results.json").read_text())
+    second = json.loads((again / "final_results.json").read_text())
+    assert first["test"]["confusion_matrix"] == second["test"]["confusion_matrix"]
+    assert first["history"] == second["history"]
+
+
+def test_full_fine_tuning_with_focal_loss(tmp_path, tiny_model_dir, phrasebank_slice):
+    out = train_cli(tmp_path, tiny_model_dir, phrasebank_slice, "full", "--no_lora",
+                    "--loss", "focal", "--epochs", "1")  # fmt: skip
+    assert files(out) == {f for f in EXPECTED_LORA_FILES if not f.startswith("adapter/")}
+    results = json.loads((out / "final_results.json").read_text())
+    assert results["strategy"] == "full" and results["trainable_fraction"] == 1.0
+    assert results["loss"]["name"] == "focal" and len(results["loss"]["class_weights"]) == 3
+
+
+def test_failed_run_leaves_previous_output_untouched(lora_run, tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\n" + "".join(f"t{i},a\n" for i in range(20)))
+    before = (lora_run / "final_results.json").read_text()
+    code = main(["-q", "train", "--data", str(bad), "--model_name", str(tiny_model_dir),
+                 "--output_dir", str(lora_run)])  # fmt: skip
+    assert code == 2
+    assert (lora_run / "final_results.json").read_text() == before
+
+
+def test_fp16_without_cuda_falls_back(caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert precision_policy(fp16=True, bf16=False) in {"bf16", "fp32"}
+    assert "needs a CUDA GPU" in caplog.text
+    assert precision_policy(fp16=False, bf16=False) == "fp32"
+
+
+def test_epoch_history_from_trainer_log():
+    log = [
+        {"loss": 0.9, "epoch": 1.0},
+        {"eval_loss": 0.5, "eval_macro_f1": 0.7, "eval_accuracy": 0.8, "epoch": 1.0},
+        {"train_runtime": 3.0, "epoch": 1.0},
+    ]
+    assert epoch_history(log) == [
+        {"epoch": 1.0, "train_loss": 0.9, "validation_loss": 0.5, "macro_f1": 0.7, "accuracy": 0.8}
+    ]
