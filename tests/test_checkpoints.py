@@ -20,7 +20,7 @@ from finlora.data import prepare_data
 from finlora.errors import FinloraError
 from finlora.training import CHECKPOINT_COMPLETE, resume_point, run_fingerprint
 
-ARGS = ["--epochs", "4", "--max_length", "32", "--batch_size", "32", "--learning_rate", "0.001",
+ARGS = ["--epochs", "3", "--max_length", "32", "--batch_size", "32", "--learning_rate", "0.001",
         "--no_lora", "--seed", "7"]  # fmt: skip
 
 
@@ -38,7 +38,7 @@ def outcome(results: dict) -> dict:
 def test_killed_run_resumes_to_the_same_result(
     tiny_model_dir, phrasebank_slice, tmp_path, monkeypatch
 ):
-    """Checkpoints on S3 (moto): kill once epoch 2 is saved, rerun, compare with no kill."""
+    """Checkpoints on S3 (moto): kill once epoch 1 is saved, rerun, compare with no kill."""
     reference = tmp_path / "reference"  # uninterrupted, in this process (same code path)
     command = train_command(phrasebank_slice, tiny_model_dir, str(reference), None)
     assert main(command[3:]) == 0
@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_the_same_result(
         command = train_command(phrasebank_slice, tiny_model_dir, out, ck)
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 600
-        while "run/checkpoint-16/_SUCCESS" not in {k for k, _ in objects("ckpts", "run/")}:
+        while "run/checkpoint-8/_SUCCESS" not in {k for k, _ in objects("ckpts", "run/")}:
             assert process.poll() is None, process.stderr.read()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.2)
@@ -69,7 +69,11 @@ def test_killed_run_resumes_to_the_same_result(
         results = json.loads((Path(out) / "final_results.json").read_text())
         assert outcome(results) == expected
         remote = {k.split("/")[1] for k, _ in objects("ckpts", "run/")}
-        assert "checkpoint-32" in remote and "checkpoint-999" not in remote
+        assert "checkpoint-24" in remote and "checkpoint-999" not in remote
+
+        # Rerunning a finished run resumes at its end: nothing to train, same result.
+        assert main(command[3:]) == 0
+        assert outcome(json.loads((Path(out) / "final_results.json").read_text())) == expected
 
 
 def objects(bucket: str, prefix: str) -> list[tuple[str, int]]:

@@ -29,8 +29,20 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 def train_tracked(data, model, output, *extra: str) -> dict:
-    args = ["train", "--data", str(data), "--model_name", str(model), "--output_dir", str(output),
-            "--epochs", "2", "--mlflow", *FAST, *extra]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--model_name",
+        str(model),
+        "--output_dir",
+        str(output),
+        "--epochs",
+        "2",
+        "--mlflow",
+        *FAST,
+        *extra,
+    ]  # fmt: skip (later flags win)
     assert main(args) == 0
     return json.loads((output / "final_results.json").read_text())
 
@@ -70,18 +82,21 @@ def test_run_is_logged_to_a_local_sqlite_store(in_tmp, tiny_model_dir, phraseban
     assert set(from_list) <= set(results["labels"]) and len(from_list) == 2
 
 
-def test_nested_runs_under_a_parent(in_tmp, tiny_model_dir, phrasebank_slice):
+def test_nested_runs_under_a_parent(in_tmp):
     config = TrainConfig(mlflow=True, tracking_uri="sqlite:///nested.db", experiment_name="cmp")
     with mlflow_run(config, run_name="compare") as parent:
-        child = mlflow_run(config, run_name="child")
-        with child as tracker:
-            child_id = tracker.run_id
+        with mlflow_run(config, run_name="child") as child:
+            pass
+        with pytest.raises(RuntimeError), mlflow_run(config, run_name="broken") as broken:
+            raise RuntimeError("training failed")
     client = MlflowClient(tracking_uri="sqlite:///nested.db")
-    assert client.get_run(child_id).data.tags["mlflow.parentRunId"] == parent.run_id
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+    assert client.get_run(broken.run_id).info.status == "FAILED"
     assert client.get_run(parent.run_id).info.status == "FINISHED"
 
 
 def test_run_is_logged_to_an_mlflow_server(in_tmp, tiny_model_dir, phrasebank_slice):
+    """Against `mlflow server` over HTTP: the run, its metrics, artifacts and model."""
     port = free_port()
     args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
             "--port", str(port), "--backend-store-uri", f"sqlite:///{in_tmp / 'server.db'}",
@@ -91,12 +106,14 @@ def test_run_is_logged_to_an_mlflow_server(in_tmp, tiny_model_dir, phrasebank_sl
     with server(args, f"{url}/health", in_tmp / "mlflow.log"):
         train_tracked(
             phrasebank_slice, tiny_model_dir, in_tmp / "out", "--tracking_uri", url,
-            "--experiment_name", "remote", "--run_name", "on-server",
+            "--experiment_name", "remote", "--run_name", "on-server", "--epochs", "1",
         )  # fmt: skip
         client = MlflowClient(tracking_uri=url)
         experiment = client.get_experiment_by_name("remote")
         [run] = client.search_runs([experiment.experiment_id])
         assert run.info.run_name == "on-server" and run.info.status == "FINISHED"
-        assert "test_accuracy" in run.data.metrics
+        assert "test_accuracy" in run.data.metrics and "train_loss" in run.data.metrics
         assert "final_results.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        assert len(model.predict(TEXTS)) == 2
     assert not (in_tmp / "mlruns.db").exists()  # nothing went to the default local store
