@@ -12,6 +12,7 @@ Layout of a finished run (no pickles anywhere)::
     finlora_config.yaml                   the resolved finlora settings of this run
     final_results.json                    test/validation metrics, data report, run facts
     README.md                             a model card with the headline numbers
+    onnx/                                 ONNX export (`finlora export`), optional
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ RESOLVED_CONFIG = "finlora_config.yaml"
 RESULTS = "final_results.json"
 TRAINING_ARGS = "training_args.json"
 MODEL_CARD = "README.md"
+
+# `finlora export` writes <model dir>/onnx/ (see finlora.export.onnx for its layout).
+ONNX_DIR = "onnx"
+EXPORT_INFO = "export.json"
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# How a saved model can be run (finlora.predictor): "auto" takes the ONNX export if present.
+BACKENDS = ("auto", "onnx", "torch")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from finlora import __version__
+from finlora.artifacts import BACKENDS, PRECISIONS
 from finlora.config import TrainConfig, field_types, parse_bool, resolve_config
 from finlora.errors import FinloraError
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label_column", default="label")
     evaluate.add_argument("--batch_size", type=int, default=64)
     evaluate.add_argument("--output", help="write the metrics JSON here")
+    _add_backend_flags(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="classify texts with a saved model")
@@ -94,8 +96,64 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text_column", default="text")
     predict.add_argument("--output", help="write predictions here (.csv, .jsonl, .parquet)")
     predict.add_argument("--batch_size", type=int, default=64)
+    predict.add_argument(
+        "--chunk_rows", type=int, default=4096, help="rows read from --input at a time"
+    )
+    _add_backend_flags(predict)
     predict.set_defaults(handler=cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX (optionally int8), verified against PyTorch",
+        description="Write <model>/onnx/: the merged model as ONNX with dynamic batch and "
+        "sequence axes, tokenizer, labels and export.json. Fails if the export does not "
+        "reproduce PyTorch's predictions.",
+    )
+    export.add_argument("--model", required=True, help="output dir of `finlora train`")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--quantize", choices=["int8"], help="also write an int8 model")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.add_argument("--threads", type=int, help="ONNX Runtime threads for verification")
+    export.set_defaults(handler=cmd_export)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a trained model over HTTP (FastAPI + uvicorn)",
+        description="POST /v1/predict, GET /healthz /readyz /v1/model /metrics. Every "
+        "option can also be set as an environment variable FINLORA_<OPTION>.",
+    )
+    serve.add_argument("--model", dest="model_dir", help="output dir of `finlora train`")
+    serve.add_argument("--backend", choices=BACKENDS, help="default: onnx when exported")
+    serve.add_argument("--precision", choices=PRECISIONS, help="ONNX model (default: int8 if any)")
+    serve.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    serve.add_argument("--host", help="default: 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: 8080")
+    serve.add_argument("--max_batch", type=int, help="most texts per request (default: 64)")
+    serve.add_argument("--max_body_bytes", type=int, help="request size limit (default: 1 MiB)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="default: onnx when exported"
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="ONNX model (int8 if exported)"
+    )
+    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+
+
+def _load_predictor(args: argparse.Namespace):
+    from finlora.predictor import Predictor
+
+    return Predictor.load(
+        args.model,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -121,9 +179,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from finlora.data.sources import read_labelled
     from finlora.data.validate import check_known_labels, clean
     from finlora.evaluation import classification_report, format_report
-    from finlora.predictor import Predictor
 
-    predictor = Predictor.load(args.model, batch_size=args.batch_size)
+    predictor = _load_predictor(args)
     frame, _ = clean(read_labelled(args.data, args.text_column, args.label_column), args.data)
     check_known_labels(frame, predictor.labels, args.data)
     index = {name: i for i, name in enumerate(predictor.labels)}
@@ -141,16 +198,41 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from finlora.predict_io import predict_file
-    from finlora.predictor import Predictor
 
     if bool(args.texts) == bool(args.input):
         raise FinloraError("give texts to classify or --input FILE (one of the two)")
-    predictor = Predictor.load(args.model, batch_size=args.batch_size)
+    if args.chunk_rows < 1:
+        raise FinloraError(f"--chunk_rows must be at least 1, got {args.chunk_rows}")
+    predictor = _load_predictor(args)
     if args.input:
-        predict_file(predictor, args.input, args.text_column, args.output)
+        predict_file(predictor, args.input, args.text_column, args.output, args.chunk_rows)
         return 0
     for record in predictor.predict(args.texts):
         print(json.dumps(record))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from finlora.export import export_onnx
+
+    info = export_onnx(args.model, quantize=args.quantize, opset=args.opset, threads=args.threads)
+    print(
+        json.dumps(
+            {
+                "output_dir": str(Path(args.model) / "onnx"),
+                "files": {name: f["bytes"] for name, f in info["files"].items()},
+                "parity": info["parity"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from finlora.serve.app import run
+
+    options = {k: v for k, v in vars(args).items() if k not in {"command", "handler", "quiet"}}
+    run({k: v for k, v in options.items() if v is not None})
     return 0
 
 
