@@ -25,3 +25,12 @@ def trained_dir(tmp_path_factory, tiny_model_dir: Path, phrasebank_slice: Path) 
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_dir(trained_dir: Path) -> Path:
+    """`trained_dir` after `finlora export --format onnx --quantize int8`."""
+    from finlora.cli import main
+
+    assert main(["-q", "export", "--model", str(trained_dir), "--quantize", "int8"]) == 0
+    return trained_dir

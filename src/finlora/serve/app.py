@@ -129,9 +129,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """Classify 1 to max_batch texts; overlong texts are truncated and flagged."""
         content_type = request.headers.get("content-type", "application/json")
         if "json" not in content_type.split(";")[0].lower():
-            raise ApiError(
-                415, f"content-type {content_type!r} is not JSON; send application/json"
-            )
+            raise ApiError(415, f"content-type {content_type!r} is not JSON; send application/json")
         body = parse_json(await request.body())
         try:
             texts = PredictRequest.model_validate(body).texts
@@ -182,7 +180,9 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from None
+        raise ApiError(
+            400, f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
 
 
 def validation_message(errors: list[dict]) -> str:

@@ -56,7 +56,9 @@ class Metrics:
         self.predicted = Counter(
             "finlora_predictions", "Texts classified, by label", ["label"], registry=self.registry
         )
-        self.ready = Gauge("finlora_model_ready", "1 once the model is loaded", registry=self.registry)
+        self.ready = Gauge(
+            "finlora_model_ready", "1 once the model is loaded", registry=self.registry
+        )
 
     def route(self, path: str) -> str:
         return path if path in self.routes else "other"
@@ -134,9 +136,7 @@ class RequestContextMiddleware:
             self.metrics.latency.labels(route).observe(elapsed)
             if status >= 400:
                 self.metrics.errors.labels(route, str(status)).inc()
-            log.info(
-                "%s %s %d %.2fms", scope["method"], scope["path"], status, 1000 * elapsed
-            )
+            log.info("%s %s %d %.2fms", scope["method"], scope["path"], status, 1000 * elapsed)
             REQUEST_ID.reset(token)
 
 
