@@ -13,7 +13,13 @@ from transformers import AutoTokenizer
 
 from finlora.data.sources import file_sha256
 from finlora.errors import FinloraError
-from finlora.export.onnx import BUILTIN_SAMPLE, export_onnx, parity_failures, verify
+from finlora.export.onnx import (
+    BUILTIN_SAMPLE,
+    VerificationData,
+    export_onnx,
+    parity_failures,
+    verify,
+)
 from finlora.modeling import load_classifier
 from finlora.predictor import OnnxRunner, Predictor
 
@@ -124,8 +130,6 @@ def test_verification_fails_with_the_numbers_when_onnx_is_not_the_model(
     labels = ["negative", "neutral", "positive"]
     other = load_classifier(str(tiny_model_dir), labels).eval()
     tokenizer = AutoTokenizer.from_pretrained(exported_dir)
-    from finlora.export.onnx import VerificationData
-
     data = VerificationData("builtin", BUILTIN_SAMPLE)
     with pytest.raises(FinloraError, match=r"fp32 max \|logit diff\| \d"):
         verify(other, tokenizer, 48, labels, exported_dir / "onnx", ["fp32"], data, 1)
