@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import shutil
 import tempfile
 import warnings
@@ -49,6 +50,9 @@ FP32_MAX_LOGIT_DIFF = 1e-3
 INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_F1_LOSS = 0.005
 MAX_SAMPLE = 2000
+# Feed-forward output projections, e.g. /model/bert/encoder/layer.0/output/dense/MatMul
+# (DistilBERT: ffn/lin2); kept in fp32 by the int8 export.
+FFN_OUTPUT = re.compile(r"/output/dense/|/ffn/lin2/")
 
 # Used when the training data cannot be read back (moved, or trained elsewhere): a parity
 # check on real-looking sentences, one over max_length so truncation is exercised too.
@@ -111,9 +115,10 @@ def export_onnx(
         log.info("exporting %s to ONNX (opset %d)", model_dir, opset)
         torch_export(model, tokenizer, raw, opset)
         fused = optimize(raw, staging / ONNX_FILES["fp32"], model.config)
+        kept_fp32: list[str] = []
         if quantize:
             log.info("quantizing to int8 (dynamic)")
-            quantize_int8(staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"])
+            kept_fp32 = quantize_int8(staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"])
         tokenizer.save_pretrained(staging)
         model.config.save_pretrained(staging)
         write_json(
@@ -133,7 +138,12 @@ def export_onnx(
             "precisions": precisions,
             "optimization": {"tool": "onnxruntime.transformers.optimizer", "fused": fused},
             "quantization": (
-                {"method": "dynamic", "weights": "int8 per-tensor", "activations": "uint8"}
+                {
+                    "method": "onnxruntime dynamic",
+                    "weights": "int8 per-channel",
+                    "activations": "uint8, range measured per batch",
+                    "kept_fp32": kept_fp32,
+                }
                 if quantize
                 else None
             ),
@@ -227,18 +237,35 @@ def optimize(raw: Path, target: Path, config) -> dict[str, int]:
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def quantize_int8(source: Path, target: Path) -> None:
+def quantize_int8(source: Path, target: Path) -> list[str]:
+    """Dynamic int8 with per-channel weight scales; returns the MatMuls kept in fp32.
+
+    The feed-forward output projections stay fp32: their input (the GELU output) has the
+    outlier channels that per-tensor activation quantization handles worst. On the PhraseBank
+    MiniLM this cut the largest logit error from 1.66 (all int8) to 0.60 and is what keeps the
+    test macro-F1 within the export contract (see docs/serving.md).
+    """
+    import onnx
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    graph = onnx.load(str(source), load_external_data=False).graph
+    keep_fp32 = [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and FFN_OUTPUT.search(n.name) and "attention" not in n.name
+    ]
     with _quiet_logging():
         quantize_dynamic(
             str(source),
             str(target),
             weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=keep_fp32,
             # Fused ops (com.microsoft domain) defeat shape inference; their outputs are float.
             extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
+    return keep_fp32
 
 
 @contextlib.contextmanager
