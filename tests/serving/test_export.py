@@ -50,6 +50,8 @@ def test_export_writes_model_tokenizer_labels_and_checksums(exported_dir):
     assert json.loads((onnx_dir / "labels.json").read_text())["labels"] == info["labels"]
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(info["versions"])
     assert info["optimization"]["fused"].get("Attention") == 2  # both layers fused
+    kept = info["quantization"]["kept_fp32"]  # the feed-forward output projection per layer
+    assert len(kept) == 2 and all("/output/dense/" in name for name in kept)
     assert not list(exported_dir.glob(".onnx.tmp-*"))
 
 

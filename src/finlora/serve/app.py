@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finlora import __version__
-from finlora.artifacts import EXPORT_INFO, read_json, read_results
+from finlora.artifacts import EXPORT_INFO, read_json, read_results, require_model_dir
 from finlora.errors import FinloraError
 from finlora.predictor import Predictor, find_onnx_dir
 from finlora.serve.batching import MicroBatcher
@@ -258,6 +258,8 @@ def run(overrides: dict[str, Any]) -> None:
                 f"{settings.model_dir} --format onnx` or use --backend torch"
             )
         log.warning("no ONNX export in %s; serving with the torch backend", settings.model_dir)
+    if settings.backend == "torch" or find_onnx_dir(settings.model_dir) is None:
+        require_model_dir(settings.model_dir)
     configure_logging(settings.log_level)
     app = create_app(settings)
     uvicorn.run(
