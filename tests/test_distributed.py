@@ -148,13 +148,15 @@ try:
     check_same_data_on_all_ranks(other, [1.0, 2.0])
 except FinloraError as exc:
     print(f"rank {rank}: {exc}", flush=True)
+dist.destroy_process_group()
 """
 
 
 def test_ranks_with_different_splits_are_refused():
     """The check `train` runs before training, over a real gloo group of 2 processes."""
     done = run([*TORCHRUN, "--no-python", sys.executable, "-c", SAME_DATA_CHECK])
-    assert done.returncode == 0, done.stderr[-2000:]
+    shown = f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, shown
     for rank in (0, 1):
-        assert f"rank {rank}: same data accepted" in done.stdout
-        assert f"rank {rank}: rank(s) [1] prepared different data splits" in done.stdout
+        assert f"rank {rank}: same data accepted" in done.stdout, shown
+        assert f"rank {rank}: rank(s) [1] prepared different data splits" in done.stdout, shown
