@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -117,3 +118,14 @@ def write_model_card(path: Path, results: dict) -> None:
         "",
     ]
     (path / MODEL_CARD).write_text("\n".join(lines), encoding="utf-8")
+
+
+def check_output_parent(target: str | Path) -> None:
+    """Create the output dir's parent now and check it is writable, before a long training."""
+    parent = Path(target).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FinloraError(f"cannot create {parent} for --output_dir: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK):
+        raise FinloraError(f"{parent} is not writable; choose another --output_dir")

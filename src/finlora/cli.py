@@ -164,6 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     config = resolve_config(overrides, args.config)
     results = train(config)
+    if results is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
     summary = {k: results[k] for k in ("strategy", "trainable_fraction", "train_seconds")}
     if results["test"]:
         summary.update(
@@ -237,6 +239,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def setup_logging(quiet: bool) -> None:
+    # Under torchrun every rank logs; only rank 0 tells the story, the others warn and fail.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
