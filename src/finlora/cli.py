@@ -15,6 +15,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from finlora import __version__
+from finlora.artifacts import BACKENDS, PRECISIONS
 from finlora.config import TrainConfig, field_types, parse_bool, resolve_config
 from finlora.errors import FinloraError
 
@@ -34,7 +35,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         kind = kinds[f.name]
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings: a literal % (as in "95%") must be doubled
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 f"--{f.name}",
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch_size", type=int, default=64)
     evaluate.add_argument("--output", help="write the metrics JSON here")
     evaluate.add_argument("--s3_endpoint_url", help="S3-compatible endpoint for s3:// paths")
+    _add_backend_flags(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="classify texts with a saved model")
@@ -96,8 +99,63 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text_column", default="text")
     predict.add_argument("--output", help="write predictions here (.csv, .jsonl, .parquet)")
     predict.add_argument("--batch_size", type=int, default=64)
+    predict.add_argument(
+        "--chunk_rows", type=int, default=4096, help="rows read from --input at a time"
+    )
     predict.add_argument("--s3_endpoint_url", help="S3-compatible endpoint for s3:// paths")
+    _add_backend_flags(predict)
     predict.set_defaults(handler=cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX (optionally int8), verified against PyTorch",
+        description="Write <model>/onnx/: the merged model as ONNX with dynamic batch and "
+        "sequence axes, tokenizer, labels and export.json. Fails if the export does not "
+        "reproduce PyTorch's predictions.",
+    )
+    export.add_argument("--model", required=True, help="output dir of `finlora train`")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--quantize", choices=["int8"], help="also write an int8 model")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.add_argument("--threads", type=int, help="ONNX Runtime threads for verification")
+    export.set_defaults(handler=cmd_export)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a trained model over HTTP (FastAPI + uvicorn)",
+        description="POST /v1/predict, GET /healthz /readyz /v1/model /metrics. Every "
+        "option can also be set as an environment variable FINLORA_<OPTION>.",
+    )
+    serve.add_argument("--model", dest="model_dir", help="output dir of `finlora train`")
+    serve.add_argument("--backend", choices=BACKENDS, help="default: onnx when exported")
+    serve.add_argument("--precision", choices=PRECISIONS, help="ONNX model (default: int8 if any)")
+    serve.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    serve.add_argument("--host", help="default: 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: 8080")
+    serve.add_argument("--max_batch", type=int, help="most texts per request (default: 64)")
+    serve.add_argument("--max_body_bytes", type=int, help="request size limit (default: 1 MiB)")
+    serve.set_defaults(handler=cmd_serve)
+
+    from finlora.compare import CompareConfig
+    from finlora.profile import ProfileConfig
+
+    compare = sub.add_parser(
+        "compare",
+        help="full fine-tuning vs LoRA vs TF-IDF baseline on the same split(s): report + plots",
+        description="Train each strategy on the same de-duplicated split (or the same stratified "
+        "folds) with its own recipe; write report.md, report.json and PNG plots. Rerunning with "
+        "the same --output_dir skips finished runs.",
+    )
+    _add_config_flags(compare, CompareConfig)
+    compare.set_defaults(handler=cmd_compare)
+
+    profile = sub.add_parser(
+        "profile",
+        help="profile a labelled dataset: classes, lengths, duplicates, frequent tokens",
+        description="Write profile.md, profile.json and PNG plots describing a dataset.",
+    )
+    _add_config_flags(profile, ProfileConfig)
+    profile.set_defaults(handler=cmd_profile)
 
     sagemaker = sub.add_parser("sagemaker", help="run training as a SageMaker job")
     sagemaker_sub = sagemaker.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -138,10 +196,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_overrides(args: argparse.Namespace) -> dict:
-    """The `finlora train` flags the user actually typed."""
-    skip = {"command", "handler", "config", "quiet"}
-    return {k: v for k, v in vars(args).items() if k not in skip}
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="default: onnx when exported"
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="ONNX model (int8 if exported)"
+    )
+    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+
+
+def _load_predictor(args: argparse.Namespace, model: str | None = None):
+    from finlora.predictor import Predictor
+
+    return Predictor.load(
+        model or args.model,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+    )
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    """The settings the user typed (argparse suppresses the others)."""
+    return {
+        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
+    }
 
 
 def fetch(path: str | None, folder: Path, endpoint_url: str | None, directory: bool = False):
@@ -159,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from finlora.cloud import sagemaker
     from finlora.cloud.run import run_train
 
-    overrides = train_overrides(args)
+    overrides = _flags(args)
     config_path = args.config
     container = sagemaker.detect()
     if container is not None:  # typed flags win over hyperparameters.json
@@ -173,6 +254,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {**hyperparameters, **overrides}
     config = resolve_config(overrides, config_path)
     results, config = run_train(config)
+    if results is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
     summary = {k: results[k] for k in ("strategy", "trainable_fraction", "train_seconds")}
     if results["test"]:
         summary.update(
@@ -190,13 +273,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from finlora.data.sources import read_labelled
     from finlora.data.validate import check_known_labels, clean
     from finlora.evaluation import classification_report, format_report
-    from finlora.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="finlora-evaluate-") as tmp:
         endpoint = args.s3_endpoint_url
         model = fetch(args.model, Path(tmp), endpoint, directory=True)
         data = fetch(args.data, Path(tmp), endpoint)
-        predictor = Predictor.load(model, batch_size=args.batch_size)
+        predictor = _load_predictor(args, model)
         frame, _ = clean(read_labelled(data, args.text_column, args.label_column), args.data)
         check_known_labels(frame, predictor.labels, args.data)
         index = {name: i for i, name in enumerate(predictor.labels)}
@@ -219,14 +301,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from finlora.predict_io import predict_file
-    from finlora.predictor import Predictor
 
     if bool(args.texts) == bool(args.input):
         raise FinloraError("give texts to classify or --input FILE (one of the two)")
+    if args.chunk_rows < 1:
+        raise FinloraError(f"--chunk_rows must be at least 1, got {args.chunk_rows}")
     with tempfile.TemporaryDirectory(prefix="finlora-predict-") as tmp:
         endpoint = args.s3_endpoint_url
-        model = fetch(args.model, Path(tmp), endpoint, directory=True)
-        predictor = Predictor.load(model, batch_size=args.batch_size)
+        predictor = _load_predictor(args, fetch(args.model, Path(tmp), endpoint, directory=True))
         if not args.input:
             for record in predictor.predict(args.texts):
                 print(json.dumps(record))
@@ -234,7 +316,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         output = args.output
         if (output or "").startswith("s3://"):
             output = str(Path(tmp) / "output" / output.rsplit("/", 1)[-1])
-        predict_file(predictor, fetch(args.input, Path(tmp), endpoint), args.text_column, output)
+        source = fetch(args.input, Path(tmp), endpoint)
+        predict_file(predictor, source, args.text_column, output, args.chunk_rows)
         if output != args.output:
             from finlora.cloud.s3 import upload_file
 
@@ -247,7 +330,7 @@ def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
     from finlora.cloud.s3 import S3Uri
 
     flags = args.train_flags[1:] if args.train_flags[:1] == ["--"] else args.train_flags
-    overrides = train_overrides(build_parser().parse_args(["train", *flags]))
+    overrides = _flags(build_parser().parse_args(["train", *flags]))
     config = resolve_config(overrides, args.config)
     job = args.job_name or sagemaker.job_name()
     output_s3 = args.output_s3 or f"s3://{S3Uri.parse(args.s3_data).bucket}/finlora/jobs"
@@ -276,7 +359,68 @@ def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from finlora.export import export_onnx
+
+    info = export_onnx(args.model, quantize=args.quantize, opset=args.opset, threads=args.threads)
+    print(
+        json.dumps(
+            {
+                "output_dir": str(Path(args.model) / "onnx"),
+                "files": {name: f["bytes"] for name, f in info["files"].items()},
+                "parity": info["parity"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from finlora.compare import CompareConfig, compare
+
+    settings = resolve_config(_flags(args), None, CompareConfig)
+    report = compare(settings)
+    summary = {
+        name: {
+            key: round(s[key], 4)
+            for key in ("macro_f1", "accuracy", "trainable_percent", "train_seconds")
+        }
+        for name, s in report["strategies"].items()
+    }
+    print(json.dumps({"output_dir": settings.output_dir, "strategies": summary}))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from finlora.profile import ProfileConfig, profile
+
+    settings = resolve_config(_flags(args), None, ProfileConfig)
+    result = profile(settings)
+    print(
+        json.dumps(
+            {
+                "output_dir": settings.output_dir,
+                "rows": result["rows_kept"],
+                "class_counts": result["class_counts"],
+                "imbalance_ratio": result["imbalance_ratio"],
+                "truncated_share": result["token_lengths"]["truncated_share"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from finlora.serve.app import run
+
+    options = {k: v for k, v in vars(args).items() if k not in {"command", "handler", "quiet"}}
+    run({k: v for k, v in options.items() if v is not None})
+    return 0
+
+
 def setup_logging(quiet: bool) -> None:
+    # Under torchrun every rank logs; only rank 0 tells the story, the others warn and fail.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

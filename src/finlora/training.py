@@ -34,11 +34,18 @@ from finlora.artifacts import (
     RESULTS,
     TRAINING_ARGS,
     atomic_output_dir,
+    check_output_parent,
     write_json,
     write_model_card,
 )
 from finlora.config import TrainConfig, save_config
 from finlora.data import PreparedData, prepare_data
+from finlora.distributed import (
+    batch_layout,
+    check_same_data_on_all_ranks,
+    ddp_backend,
+    is_main_process,
+)
 from finlora.errors import FinloraError
 from finlora.evaluation import classification_report, format_report, macro_f1_metrics
 from finlora.losses import build_loss, class_weights, resolve_loss_name
@@ -203,6 +210,7 @@ def training_arguments(
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
+        ddp_backend=ddp_backend(),
         seed=config.seed,
         data_seed=config.seed,
         report_to=[],
@@ -243,20 +251,25 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[1])
 
 
-def resume_point(checkpoint_dir: Path, fingerprint: str) -> Path | None:
-    """The latest complete checkpoint of this same run, after removing half-written ones."""
+def resume_point(checkpoint_dir: Path, fingerprint: str, tidy: bool = True) -> Path | None:
+    """The latest complete checkpoint of this same run, after removing half-written ones.
+
+    Only one process may `tidy` (delete, record, re-point); the other ranks of a distributed
+    run just read.
+    """
     run_file = checkpoint_dir / CHECKPOINT_RUN
     if run_file.is_file() and json.loads(run_file.read_text())["fingerprint"] != fingerprint:
         raise FinloraError(
             f"--checkpoint_dir {checkpoint_dir} holds checkpoints of a different run (other "
             "settings or data); use an empty --checkpoint_dir or delete that one"
         )
-    run_file.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    if tidy:
+        run_file.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     complete = []
     for folder in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         if (folder / CHECKPOINT_COMPLETE).is_file():
             complete.append(folder)
-        else:
+        elif tidy:
             log.warning("removing half-written checkpoint %s", folder)
             shutil.rmtree(folder, ignore_errors=True)
     if not complete:
@@ -266,7 +279,7 @@ def resume_point(checkpoint_dir: Path, fingerprint: str) -> Path | None:
     # (downloaded from S3, restored by SageMaker), so point it at this copy.
     state_file = latest / "trainer_state.json"
     state = json.loads(state_file.read_text())
-    if state.get("best_model_checkpoint"):
+    if tidy and state.get("best_model_checkpoint"):
         state["best_model_checkpoint"] = str(
             checkpoint_dir / Path(state["best_model_checkpoint"]).name
         )
@@ -294,13 +307,19 @@ def train(
     output_dir: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> dict:
+) -> dict | None:
     """Train, select on validation macro-F1, test, and write the artifacts atomically.
 
-    `output_dir` and `checkpoint_dir` (local paths) override the config's, for callers that
-    stage remote locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
-    Returns the `final_results.json` payload.
+    Returns the `final_results.json` payload; under a distributed launcher only rank 0
+    writes artifacts and gets it, the other ranks return None. `output_dir` and
+    `checkpoint_dir` (local paths) override the config's, for callers that stage remote
+    locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
     """
+    output_dir = output_dir or config.output_dir
+    checkpoint_dir = checkpoint_dir or config.checkpoint_dir
+    main_process = is_main_process()
+    if main_process:
+        check_output_parent(output_dir)  # fail before training, not after it
     set_seed(config.seed)
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
@@ -332,19 +351,18 @@ def train(
     validation_set = EncodedTexts(
         tokenizer, data.validation["text"], data.label_ids("validation"), config.max_length
     )
-    output_dir = output_dir or config.output_dir
-    checkpoint_dir = checkpoint_dir or config.checkpoint_dir
     resumable = checkpoint_dir is not None
     trainer_callbacks: list[TrainerCallback] = [EpochSummary(), MarkCheckpointComplete()]
     if config.early_stopping_patience > 0:
         trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     trainer_callbacks += callbacks
 
-    with (
-        atomic_output_dir(output_dir) as staging,
-        checkpoint_space(checkpoint_dir) as checkpoints,
-    ):
-        resume = resume_point(checkpoints, run_fingerprint(config, data)) if resumable else None
+    # Each rank has its own checkpoint dir; only rank 0 saves into its own and loads the best
+    # checkpoint back at the end, and only rank 0's model is written out.
+    with checkpoint_space(checkpoint_dir) as checkpoints:
+        resume = None
+        if resumable:
+            resume = resume_point(checkpoints, run_fingerprint(config, data), tidy=main_process)
         args = training_arguments(config, precision, str(checkpoints), resumable)
         trainer = WeightedLossTrainer(
             model=model,
@@ -356,12 +374,18 @@ def train(
             callbacks=trainer_callbacks,
             loss_fn=loss_fn,
         )
+        layout = batch_layout(config.batch_size, config.gradient_accumulation_steps)
+        check_same_data_on_all_ranks(data, weights)
         log.info(
-            "training %s on %d examples: %s epochs, batch %d, lr %g, %s, %s",
+            "training %s on %d examples: %s epochs, batch %d per device x %d accumulation x "
+            "%d process(es) = %d per step, lr %g, %s, %s",
             "LoRA" if config.use_lora else "all parameters",
             len(train_set),
             config.epochs,
             config.batch_size,
+            config.gradient_accumulation_steps,
+            layout["world_size"],
+            layout["global_batch_size"],
             config.learning_rate,
             precision,
             device_name(),
@@ -369,19 +393,25 @@ def train(
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_seconds = time.perf_counter() - started
+        if not main_process:
+            return None
 
-        results = write_artifacts(
-            staging,
-            trainer,
-            tokenizer,
-            config,
-            data,
-            params,
-            precision,
-            train_seconds,
-            loss_name,
-            weights,
-        )
+        # The staging dir exists only while writing, so a rank killed during training
+        # leaves nothing behind next to the output dir.
+        with atomic_output_dir(output_dir) as staging:
+            results = write_artifacts(
+                staging,
+                trainer,
+                tokenizer,
+                config,
+                data,
+                params,
+                precision,
+                train_seconds,
+                loss_name,
+                weights,
+                layout,
+            )
     log.info("artifacts written to %s", output_dir)
     return results
 
@@ -397,6 +427,7 @@ def write_artifacts(
     train_seconds: float,
     loss_name: str,
     weights: list[float] | None,
+    layout: dict,
 ) -> dict:
     """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report."""
     model = trainer.model
@@ -436,6 +467,7 @@ def write_artifacts(
         "train_seconds": round(train_seconds, 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "device": device_name(),
+        "distributed": layout,
         "precision": precision,
         "seed": config.seed,
         "loss": {"name": loss_name, "class_weights": weights, "focal_gamma": config.focal_gamma},

@@ -125,9 +125,16 @@ def pull_checkpoints(uri: str, local_dir: Path, endpoint_url: str | None) -> Non
         s3.download_file(str(base.child(CHECKPOINT_RUN)), local_dir, endpoint_url)
 
 
-def run_train(config: TrainConfig) -> tuple[dict, TrainConfig]:
-    """Train wherever the config's locations point; returns the results and the final config."""
+def run_train(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
+    """Train wherever the config's locations point; returns the results and the final config.
+
+    Under a distributed launcher only rank 0 tracks, syncs checkpoints and publishes; the
+    other ranks get None as results.
+    """
+    from finlora.distributed import is_main_process
     from finlora.training import train
+
+    main_process = is_main_process()
 
     config = apply_s3_prefix(config)
     container = sagemaker.detect()
@@ -148,11 +155,12 @@ def run_train(config: TrainConfig) -> tuple[dict, TrainConfig]:
             checkpoint_dir = tmp / "checkpoints"
             checkpoint_dir.mkdir()
             pull_checkpoints(config.checkpoint_dir, checkpoint_dir, config.s3_endpoint_url)
-            callbacks.append(
-                PushCheckpoints(checkpoint_dir, config.checkpoint_dir, config.s3_endpoint_url)
-            )
+            if main_process:
+                callbacks.append(
+                    PushCheckpoints(checkpoint_dir, config.checkpoint_dir, config.s3_endpoint_url)
+                )
 
-        with tracked(config) as tracker:
+        with tracked(config if main_process else None) as tracker:
             if tracker is not None:
                 tracker.log_start(config, data.info)
                 callbacks.append(tracker.callback)
@@ -163,6 +171,8 @@ def run_train(config: TrainConfig) -> tuple[dict, TrainConfig]:
                 checkpoint_dir=checkpoint_dir,
                 callbacks=callbacks,
             )
+            if results is None:
+                return None, config
             if tracker is not None:
                 results["mlflow"] = {
                     "run_id": tracker.run_id,
@@ -173,8 +183,8 @@ def run_train(config: TrainConfig) -> tuple[dict, TrainConfig]:
 
 
 @contextlib.contextmanager
-def tracked(config: TrainConfig):
-    if not config.tracks_mlflow:
+def tracked(config: TrainConfig | None):
+    if config is None or not config.tracks_mlflow:
         yield None
         return
     from finlora.tracking import mlflow_run
