@@ -95,16 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write predictions here (.csv, .jsonl, .parquet)")
     predict.add_argument("--batch_size", type=int, default=64)
     predict.set_defaults(handler=cmd_predict)
+
+    from finlora.compare import CompareConfig
+    from finlora.profile import ProfileConfig
+
+    compare = sub.add_parser(
+        "compare",
+        help="full fine-tuning vs LoRA vs TF-IDF baseline on the same split(s): report + plots",
+        description="Train each strategy on the same de-duplicated split (or the same stratified "
+        "folds) with its own recipe; write report.md, report.json and PNG plots. Rerunning with "
+        "the same --output_dir skips finished runs.",
+    )
+    _add_config_flags(compare, CompareConfig)
+    compare.set_defaults(handler=cmd_compare)
+
+    profile = sub.add_parser(
+        "profile",
+        help="profile a labelled dataset: classes, lengths, duplicates, frequent tokens",
+        description="Write profile.md, profile.json and PNG plots describing a dataset.",
+    )
+    _add_config_flags(profile, ProfileConfig)
+    profile.set_defaults(handler=cmd_profile)
     return parser
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    """The settings the user typed (argparse suppresses the others)."""
+    return {
+        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from finlora.training import train
 
-    overrides = {
-        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
-    }
-    config = resolve_config(overrides, args.config)
+    config = resolve_config(_flags(args), args.config)
     results = train(config)
     summary = {k: results[k] for k in ("strategy", "trainable_fraction", "train_seconds")}
     if results["test"]:
@@ -151,6 +176,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     for record in predictor.predict(args.texts):
         print(json.dumps(record))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from finlora.compare import CompareConfig, compare
+
+    settings = resolve_config(_flags(args), None, CompareConfig)
+    report = compare(settings)
+    summary = {
+        name: {
+            key: round(s[key], 4)
+            for key in ("macro_f1", "accuracy", "trainable_percent", "train_seconds")
+        }
+        for name, s in report["strategies"].items()
+    }
+    print(json.dumps({"output_dir": settings.output_dir, "strategies": summary}))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from finlora.profile import ProfileConfig, profile
+
+    settings = resolve_config(_flags(args), None, ProfileConfig)
+    result = profile(settings)
+    print(
+        json.dumps(
+            {
+                "output_dir": settings.output_dir,
+                "rows": result["rows_kept"],
+                "class_counts": result["class_counts"],
+                "imbalance_ratio": result["imbalance_ratio"],
+                "truncated_share": result["token_lengths"]["truncated_share"],
+            }
+        )
+    )
     return 0
 
 
