@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ import numpy as np
 from finlora.artifacts import RESULTS, read_json, read_results, write_json
 from finlora.config import (
     SHARED_KEYS,
-    STRATEGIES,
     CompareConfig,
     TrainConfig,
     coerce,
@@ -42,6 +41,8 @@ from finlora.errors import FinloraError
 log = logging.getLogger(__name__)
 
 TRANSFORMER_STRATEGIES = ("full", "lora")
+# Cheapest first, so an interrupted compare has as many strategies finished as possible.
+EXECUTION_ORDER = ("baseline", "lora", "full")
 INFERENCE = "inference.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,9 +111,8 @@ def plan_units(settings: CompareConfig) -> list[list[RunUnit]]:
     for fold in folds:
         for seed in settings.seed_list:
             suffix = f"-seed{seed}" + (f"-fold{fold}" if fold is not None else "")
-            groups.append(
-                [RunUnit(s, seed, fold, runs / f"{s}{suffix}") for s in settings.strategies]
-            )
+            strategies = sorted(settings.strategies, key=EXECUTION_ORDER.index)
+            groups.append([RunUnit(s, seed, fold, runs / f"{s}{suffix}") for s in strategies])
     return groups
 
 
@@ -334,9 +334,9 @@ def compare(settings: CompareConfig) -> dict:
             else:
                 log.info("running %s (%d of %d runs finished)", unit.name, done, total)
                 run_unit(settings, unit, data)
+                report = write_report(settings, groups, splits)  # a partial report
             done += 1
-        report = write_report(settings, groups, splits)
-    return report
+    return report or write_report(settings, groups, splits)
 
 
 def finished_records(settings: CompareConfig, groups: list[list[RunUnit]]) -> dict:
@@ -366,7 +366,9 @@ def write_report(
         "labels": labels,
         "class_counts": first["class_counts"],
         "split": {
-            "kind": f"stratified {settings.folds}-fold" if settings.folds else first["split_strategy"],
+            "kind": f"stratified {settings.folds}-fold"
+            if settings.folds
+            else first["split_strategy"],
             "sizes": [s.info["sizes"] for s in splits],
             "duplicates_dropped": first["duplicates_dropped"],
             "conflicting_texts_dropped": first["conflicting_texts_dropped"],
@@ -394,4 +396,3 @@ def machine_description(records: dict[str, list[dict]]) -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs; " + (
         ", ".join(transformer) if transformer else "no transformer runs"
     )
-

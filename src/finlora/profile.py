@@ -114,9 +114,10 @@ def profile(settings: ProfileConfig) -> dict:
             for lab in labels
         },
         "frequent_words": {
-            lab: [{"word": w, "count": c} for w, c in per_class_words[lab].most_common(
-                settings.top_tokens
-            )]
+            lab: [
+                {"word": w, "count": c}
+                for w, c in per_class_words[lab].most_common(settings.top_tokens)
+            ]
             for lab in labels
         },
         "distinctive_words": distinctive_words(per_class_words, settings.top_tokens),
@@ -138,8 +139,11 @@ def plot_profile(result: dict, lengths: np.ndarray, label_of: np.ndarray, out: P
     fig, ax = plt.subplots(figsize=(6, 4))
     bars = ax.bar(labels, [result["class_counts"][lab] for lab in labels], color=colors)
     ax.bar_label(
-        bars, [f"{result['class_counts'][lab]} ({100 * result['class_shares'][lab]:.0f}%)"
-               for lab in labels],  # fmt: skip
+        bars,
+        [
+            f"{result['class_counts'][lab]} ({100 * result['class_shares'][lab]:.0f}%)"
+            for lab in labels
+        ],  # fmt: skip
         padding=2,
     )
     ax.set_xlabel("class")

@@ -153,6 +153,7 @@ def write_markdown(report: dict, out: Path) -> None:
     settings = report["settings"]
     strategies = report["strategies"]
     many = any(s["n_runs"] > 1 for s in strategies.values())
+    seeds = ", ".join(str(settings["seed"] + i) for i in range(settings["seeds"]))
     lines = [f"# finlora compare: {report['dataset']}", ""]
     if not report["complete"]:
         lines += [
@@ -175,8 +176,7 @@ def write_markdown(report: dict, out: Path) -> None:
             if settings["folds"]
             else f"train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}"
         ),
-        f"- training seeds: {', '.join(str(settings['seed'] + i) for i in range(settings['seeds']))}"
-        f"; recipes: {', '.join(f'{k} `{v}`' for k, v in report['recipes'].items()) or 'none'}",
+        f"- training seeds: {seeds}; recipes: {', '.join(f'{k} `{v}`' for k, v in report['recipes'].items()) or 'none'}",
         f"- machine: {report['machine']}",
         "",
         "| strategy | trainable params | trainable % | test macro-F1 | "
