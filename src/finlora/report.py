@@ -154,6 +154,7 @@ def write_markdown(report: dict, out: Path) -> None:
     strategies = report["strategies"]
     many = any(s["n_runs"] > 1 for s in strategies.values())
     seeds = ", ".join(str(settings["seed"] + i) for i in range(settings["seeds"]))
+    recipes = ", ".join(f"{k} `{v}`" for k, v in report["recipes"].items()) or "none"
     lines = [f"# finlora compare: {report['dataset']}", ""]
     if not report["complete"]:
         lines += [
@@ -176,7 +177,7 @@ def write_markdown(report: dict, out: Path) -> None:
             if settings["folds"]
             else f"train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}"
         ),
-        f"- training seeds: {seeds}; recipes: {', '.join(f'{k} `{v}`' for k, v in report['recipes'].items()) or 'none'}",
+        f"- training seeds: {seeds}; recipes: {recipes}",
         f"- machine: {report['machine']}",
         "",
         "| strategy | trainable params | trainable % | test macro-F1 | "
