@@ -20,6 +20,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_TRAINING = ["epochs=1", "batch_size=32", "max_length=48", "bf16=false"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_run():
+    """Each run is a spawned process; one torch thread each keeps tiny runs fast on busy cores."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
 def settings(data, model, out, **changes) -> CompareConfig:
     values = dict(
         data=str(data),

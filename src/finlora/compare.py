@@ -309,6 +309,9 @@ def summarize(records: list[dict], labels: list[str]) -> dict:
 
 def compare(settings: CompareConfig) -> dict:
     """Train every strategy on the same split(s), skipping finished runs; write the report."""
+    from finlora.report import pyplot
+
+    pyplot()  # no plotting library: say so before hours of training, not after
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for strategy in TRANSFORMER_STRATEGIES:  # fail on a bad recipe before any training

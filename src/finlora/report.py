@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finlora.errors import FinloraError
+
 NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "baseline": "TF-IDF + LogReg"}
 COLORS = {"full": "#4C72B0", "lora": "#DD8452", "baseline": "#8C8C8C"}
 PLOTS = {
@@ -17,7 +19,10 @@ PLOTS = {
 
 def pyplot():
     """matplotlib without a display; imported late so the training path never needs it."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise FinloraError("the plots need matplotlib: pip install 'finlora[reports]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
