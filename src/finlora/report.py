@@ -164,7 +164,8 @@ def write_markdown(report: dict, out: Path) -> None:
     if not report["complete"]:
         lines += [
             f"**Partial report: {report['runs_finished']} of {report['runs_planned']} runs "
-            "finished.** Rerun the same command to resume.",
+            "finished.** Rerun the same command to resume. Until then the strategies may "
+            "cover different folds or seeds (see the runs column and the Runs table).",
             "",
         ]
     split = report["split"]
@@ -185,15 +186,23 @@ def write_markdown(report: dict, out: Path) -> None:
         f"- training seeds: {seeds}; recipes: {recipes}",
         f"- machine: {report['machine']}",
         "",
-        "| strategy | trainable params | trainable % | test macro-F1 | "
+        "| strategy | "
+        + ("runs | " if many else "")
+        + "trainable params | trainable % | test macro-F1 | "
         + ("" if many else "95% CI | ")
         + "accuracy | weighted F1 | train time (s) | peak memory (MB) | inference (sent/s) |",
-        "|---|---:|---:|---:|" + ("" if many else "---:|") + "---:|---:|---:|---:|---:|",
+        "|---|"
+        + ("---:|" if many else "")
+        + "---:|---:|---:|"
+        + ("" if many else "---:|")
+        + "---:|---:|---:|---:|---:|",
     ]
     for name, s in strategies.items():
         ci = "" if many else "{:.3f}-{:.3f} | ".format(*s["macro_f1_ci95"])
         lines.append(
-            f"| {NAMES[name]} | {s['trainable_params']:,.0f} | {s['trainable_percent']:.2f}% | "
+            f"| {NAMES[name]} | "
+            + (f"{s['n_runs']} | " if many else "")
+            + f"{s['trainable_params']:,.0f} | {s['trainable_percent']:.2f}% | "
             f"{_cell(s, 'macro_f1', '{:.4f}')} | {ci}{_cell(s, 'accuracy', '{:.4f}')} | "
             f"{_cell(s, 'weighted_f1', '{:.4f}')} | {_cell(s, 'train_seconds', '{:.0f}')} | "
             f"{_cell(s, 'peak_memory_mb', '{:.0f}')} | "
