@@ -193,6 +193,17 @@ def test_compare_usage_errors(argv, message, tmp_path, capsys, phrasebank_slice)
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["compare", "profile"])
+def test_help_lists_every_setting(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--output_dir" in out and "--data" in out
+    if command == "compare":
+        assert "--folds" in out and "95% interval" in out
+
+
 def test_profile(tmp_path, phrasebank_slice):
     source = tmp_path / "data.csv"
     lines = phrasebank_slice.read_text(encoding="iso-8859-1").splitlines()

@@ -33,7 +33,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         kind = kinds[f.name]
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings: a literal % (as in "95%") must be doubled
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 f"--{f.name}",
