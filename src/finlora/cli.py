@@ -34,7 +34,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         kind = kinds[f.name]
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings: a literal % (as in "95%") must be doubled
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 f"--{f.name}",
@@ -131,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max_batch", type=int, help="most texts per request (default: 64)")
     serve.add_argument("--max_body_bytes", type=int, help="request size limit (default: 1 MiB)")
     serve.set_defaults(handler=cmd_serve)
+
+    from finlora.compare import CompareConfig
+    from finlora.profile import ProfileConfig
+
+    compare = sub.add_parser(
+        "compare",
+        help="full fine-tuning vs LoRA vs TF-IDF baseline on the same split(s): report + plots",
+        description="Train each strategy on the same de-duplicated split (or the same stratified "
+        "folds) with its own recipe; write report.md, report.json and PNG plots. Rerunning with "
+        "the same --output_dir skips finished runs.",
+    )
+    _add_config_flags(compare, CompareConfig)
+    compare.set_defaults(handler=cmd_compare)
+
+    profile = sub.add_parser(
+        "profile",
+        help="profile a labelled dataset: classes, lengths, duplicates, frequent tokens",
+        description="Write profile.md, profile.json and PNG plots describing a dataset.",
+    )
+    _add_config_flags(profile, ProfileConfig)
+    profile.set_defaults(handler=cmd_profile)
     return parser
 
 
@@ -156,13 +178,17 @@ def _load_predictor(args: argparse.Namespace):
     )
 
 
+def _flags(args: argparse.Namespace) -> dict:
+    """The settings the user typed (argparse suppresses the others)."""
+    return {
+        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
+    }
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from finlora.training import train
 
-    overrides = {
-        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
-    }
-    config = resolve_config(overrides, args.config)
+    config = resolve_config(_flags(args), args.config)
     results = train(config)
     if results is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
@@ -224,6 +250,41 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "output_dir": str(Path(args.model) / "onnx"),
                 "files": {name: f["bytes"] for name, f in info["files"].items()},
                 "parity": info["parity"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from finlora.compare import CompareConfig, compare
+
+    settings = resolve_config(_flags(args), None, CompareConfig)
+    report = compare(settings)
+    summary = {
+        name: {
+            key: round(s[key], 4)
+            for key in ("macro_f1", "accuracy", "trainable_percent", "train_seconds")
+        }
+        for name, s in report["strategies"].items()
+    }
+    print(json.dumps({"output_dir": settings.output_dir, "strategies": summary}))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from finlora.profile import ProfileConfig, profile
+
+    settings = resolve_config(_flags(args), None, ProfileConfig)
+    result = profile(settings)
+    print(
+        json.dumps(
+            {
+                "output_dir": settings.output_dir,
+                "rows": result["rows_kept"],
+                "class_counts": result["class_counts"],
+                "imbalance_ratio": result["imbalance_ratio"],
+                "truncated_share": result["token_lengths"]["truncated_share"],
             }
         )
     )
