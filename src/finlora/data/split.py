@@ -14,7 +14,7 @@ def imbalance_ratio(labels: pd.Series) -> float:
     return float(counts.max() / counts.min())
 
 
-def _check_stratifiable(labels: pd.Series, parts: int) -> None:
+def check_stratifiable(labels: pd.Series, parts: int) -> None:
     counts = labels.value_counts()
     small = counts[counts < parts]
     if not small.empty:
@@ -35,7 +35,7 @@ def split_frame(
     """Split into train / validation / test; a size of 0 gives an empty part."""
     parts = 1 + (validation_size > 0) + (test_size > 0)
     if stratify:
-        _check_stratifiable(frame["label"], parts)
+        check_stratifiable(frame["label"], parts)
     empty = frame.iloc[:0]
     rest, test = frame, empty
     try:
