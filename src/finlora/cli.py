@@ -107,11 +107,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = resolve_config(overrides, args.config)
     results = train(config)
     summary = {k: results[k] for k in ("strategy", "trainable_fraction", "train_seconds")}
-    if results["test"]:
-        summary.update(
-            test_macro_f1=round(results["test"]["macro_f1"], 4),
-            test_accuracy=round(results["test"]["accuracy"], 4),
-        )
+    test = results["test"]
+    if test:
+        summary["test_macro_f1"] = round(test["macro_f1"], 4)
+        second = "micro_f1" if results["task"] == "multi_label" else "accuracy"
+        summary[f"test_{second}"] = round(test[second], 4)
     print(json.dumps({"output_dir": config.output_dir, **summary}))
     return 0
 

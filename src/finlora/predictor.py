@@ -10,20 +10,35 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from finlora.artifacts import RESOLVED_CONFIG, require_model_dir
+from finlora.artifacts import RESOLVED_CONFIG, THRESHOLDS, read_json, require_model_dir
 from finlora.errors import FinloraError
+from finlora.evaluation import DEFAULT_THRESHOLD, apply_thresholds
 
 
 class Predictor:
-    """Texts in, class probabilities out, with the model's own label names and max_length."""
+    """Texts in, class probabilities out, with the model's own label names and max_length.
 
-    def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 64) -> None:
+    A multi-label model (config `problem_type` "multi_label_classification") gives one
+    sigmoid score per label, and a label is predicted when its score reaches that label's
+    threshold (tuned on validation by `finlora train`, read from thresholds.json).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_length: int = 128,
+        batch_size: int = 64,
+        thresholds: Sequence[float] | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
         id2label = model.config.id2label
         self.labels = [id2label[i] for i in range(len(id2label))]
+        self.multi_label = model.config.problem_type == "multi_label_classification"
+        self.thresholds = list(thresholds or [DEFAULT_THRESHOLD] * len(self.labels))
 
     @classmethod
     def load(cls, model_dir: str | Path, batch_size: int = 64) -> Predictor:
@@ -34,7 +49,14 @@ class Predictor:
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except OSError as exc:
             raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc
-        return cls(model, tokenizer, saved_max_length(model_dir, tokenizer), batch_size)
+        labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+        return cls(
+            model,
+            tokenizer,
+            saved_max_length(model_dir, tokenizer),
+            batch_size,
+            saved_thresholds(model_dir, labels),
+        )
 
     @torch.inference_mode()
     def logits(self, texts: Sequence[str]) -> np.ndarray:
@@ -56,11 +78,23 @@ class Predictor:
         return out
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return torch.softmax(torch.from_numpy(self.logits(texts)), dim=-1).numpy()
+        """Softmax over classes; for a multi-label model, one sigmoid score per label."""
+        logits = torch.from_numpy(self.logits(texts))
+        if self.multi_label:
+            return torch.sigmoid(logits).numpy()
+        return torch.softmax(logits, dim=-1).numpy()
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
-        """One `{"label", "probabilities"}` record per text."""
+        """One `{"label", "probabilities"}` record per text; multi-label: `{"labels", "scores"}`."""
         probs = self.probabilities(texts)
+        if self.multi_label:
+            return [
+                {
+                    "labels": [lab for lab, hit in zip(self.labels, row) if hit],
+                    "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, scores)},
+                }
+                for row, scores in zip(apply_thresholds(probs, self.thresholds), probs)
+            ]
         return [
             {
                 "label": self.labels[int(row.argmax())],
@@ -71,6 +105,24 @@ class Predictor:
 
     def predict_ids(self, texts: Sequence[str]) -> list[int]:
         return self.logits(texts).argmax(-1).tolist()
+
+    def predict_label_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """Multi-label decisions, shape (texts, labels), 1 where a score reaches its threshold."""
+        return apply_thresholds(self.probabilities(texts), self.thresholds)
+
+
+def saved_thresholds(model_dir: Path, labels: list[str]) -> list[float] | None:
+    """Per-label thresholds from thresholds.json, in the model's label order."""
+    path = model_dir / THRESHOLDS
+    if not path.is_file():
+        return None
+    saved = read_json(path)["thresholds"]
+    missing = [lab for lab in labels if lab not in saved]
+    if missing:
+        raise FinloraError(
+            f"{path} has no threshold for label(s) {', '.join(missing)}; retrain or fix the file"
+        )
+    return [float(saved[lab]) for lab in labels]
 
 
 def saved_max_length(model_dir: Path, tokenizer) -> int:
