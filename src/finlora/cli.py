@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="labelled file")
     evaluate.add_argument("--text_column", default="text")
     evaluate.add_argument("--label_column", default="label")
+    evaluate.add_argument(
+        "--label_delimiter", help="multi-label: labels in one string column split by this"
+    )
+    evaluate.add_argument(
+        "--label_columns", help="multi-label: one 0/1 column per label, comma-separated"
+    )
     evaluate.add_argument("--batch_size", type=int, default=64)
     evaluate.add_argument("--output", help="write the metrics JSON here")
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -93,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="file of texts (.csv, .tsv, .jsonl, .parquet, .txt)")
     predict.add_argument("--text_column", default="text")
     predict.add_argument("--output", help="write predictions here (.csv, .jsonl, .parquet)")
+    predict.add_argument(
+        "--document",
+        help="classify a whole document (.txt, .xml, .html, .pdf): labelled spans with "
+        "character offsets and a summary, as JSON (to --output .json or stdout)",
+    )
+    predict.add_argument(
+        "--segment",
+        choices=["sentences", "windows"],
+        default="sentences",
+        help="--document pieces: sentences (over-long ones in token windows) or token windows",
+    )
+    predict.add_argument(
+        "--window", type=int, help="tokens per window (default: the model's max_length)"
+    )
+    predict.add_argument(
+        "--stride", type=int, help="tokens between window starts (default: half the window)"
+    )
     predict.add_argument("--batch_size", type=int, default=64)
     predict.set_defaults(handler=cmd_predict)
     return parser
@@ -118,21 +141,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from finlora.artifacts import write_json
-    from finlora.data.sources import read_labelled
+    from finlora.data.prepare import multi_hot
+    from finlora.data.sources import as_label_list, read_labelled
     from finlora.data.validate import check_known_labels, clean
-    from finlora.evaluation import classification_report, format_report
+    from finlora.evaluation import (
+        classification_report,
+        format_multilabel_report,
+        format_report,
+        multilabel_report,
+    )
     from finlora.predictor import Predictor
 
     predictor = Predictor.load(args.model, batch_size=args.batch_size)
-    frame, _ = clean(read_labelled(args.data, args.text_column, args.label_column), args.data)
-    check_known_labels(frame, predictor.labels, args.data)
-    index = {name: i for i, name in enumerate(predictor.labels)}
-    block = classification_report(
-        [index[lab] for lab in frame["label"]],
-        predictor.predict_ids(frame["text"]),
-        predictor.labels,
+    raw = read_labelled(
+        args.data,
+        args.text_column,
+        args.label_column,
+        label_delimiter=args.label_delimiter,
+        label_columns=args.label_columns.split(",") if args.label_columns else None,
     )
-    log.info("\n%s", format_report(block, Path(args.data).name))
+    if predictor.multi_label and not isinstance(raw["label"].iloc[0], list):
+        raw["label"] = raw["label"].map(as_label_list)
+    frame, _ = clean(raw, args.data)
+    check_known_labels(frame, predictor.labels, args.data)
+    if predictor.multi_label:
+        block = multilabel_report(
+            multi_hot(frame["label"], predictor.labels),
+            predictor.predict_label_matrix(frame["text"]),
+            predictor.labels,
+            predictor.thresholds,
+        )
+        log.info("\n%s", format_multilabel_report(block, Path(args.data).name))
+    else:
+        index = {name: i for i, name in enumerate(predictor.labels)}
+        block = classification_report(
+            [index[lab] for lab in frame["label"]],
+            predictor.predict_ids(frame["text"]),
+            predictor.labels,
+        )
+        log.info("\n%s", format_report(block, Path(args.data).name))
     if args.output:
         write_json(args.output, block)
     print(json.dumps(block))
@@ -143,14 +190,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from finlora.predict_io import predict_file
     from finlora.predictor import Predictor
 
-    if bool(args.texts) == bool(args.input):
-        raise FinloraError("give texts to classify or --input FILE (one of the two)")
+    if sum(map(bool, (args.texts, args.input, args.document))) != 1:
+        raise FinloraError("give texts to classify, --input FILE or --document FILE (one of them)")
     predictor = Predictor.load(args.model, batch_size=args.batch_size)
+    if args.document:
+        return predict_document(predictor, args)
     if args.input:
         predict_file(predictor, args.input, args.text_column, args.output)
         return 0
     for record in predictor.predict(args.texts):
         print(json.dumps(record))
+    return 0
+
+
+def predict_document(predictor, args: argparse.Namespace) -> int:
+    from finlora.artifacts import write_json
+    from finlora.documents import classify_document, read_document
+
+    result = classify_document(
+        predictor,
+        read_document(args.document),
+        segment_by=args.segment,
+        window=args.window,
+        stride=args.stride,
+    )
+    result = {"document": str(args.document), **result}
+    summary = {k: v["count"] for k, v in result["summary"]["per_label"].items() if v["count"]}
+    log.info("%s: %d pieces, labelled %s", args.document, result["pieces"], summary or "none")
+    if args.output:
+        if not args.output.endswith(".json"):
+            raise FinloraError(f"--output {args.output}: a --document result is written as .json")
+        write_json(args.output, result)
+    else:
+        print(json.dumps(result))
     return 0
 
 

@@ -79,17 +79,15 @@ def pos_weights(positives: Sequence[int], total: int, scheme: str) -> list[float
       negatives (PyTorch's recommendation);
     - `sqrt`: the square root of that, a gentler push for very rare labels;
     - `none`: no weights; `w1,w2,...`: given explicitly, one per label.
+
+    A label with no positive training example gets 1.0.
     """
     positives = [int(c) for c in positives]
     if scheme == "none":
         return None
     if scheme in ("balanced", "sqrt"):
-        if any(c == 0 for c in positives):
-            raise FinloraError(
-                f"a label has no positive training example (positives {positives}); "
-                "cannot weight it: add examples or drop that label"
-            )
-        ratios = [(total - c) / c for c in positives]
+        # A label without positives has nothing to up-weight (prepare_data warns about it).
+        ratios = [(total - c) / c if c else 1.0 for c in positives]
         return [math.sqrt(r) for r in ratios] if scheme == "sqrt" else ratios
     return class_weights(positives, scheme)
 

@@ -14,6 +14,7 @@ from finlora.config import DEFAULT_DATASET, TrainConfig
 from finlora.data.sources import (
     CLAUDETTE_DIR,
     as_label_list,
+    claudette_tags,
     file_sha256,
     is_claudette_dir,
     read_labelled,
@@ -88,6 +89,15 @@ def group_column(config: TrainConfig) -> str | None:
     return None
 
 
+def declared_labels(config: TrainConfig, source: Path) -> list[str] | None:
+    """Label order fixed by the input itself: --label_columns, or CLAUDETTE's categories."""
+    if config.label_columns:
+        return config.label_columns
+    if source.is_dir() and is_claudette_dir(source):
+        return claudette_tags(source)
+    return None
+
+
 def _read_clean(path: Path, config: TrainConfig) -> tuple[pd.DataFrame, dict]:
     raw = read_labelled(
         path,
@@ -133,7 +143,7 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         frame = frame[~leaked].reset_index(drop=True)
 
     multi_label = is_multi_label(frame)
-    labels = resolve_labels(frame, config.labels or (config.label_columns if multi_label else None))
+    labels = resolve_labels(frame, config.labels or declared_labels(config, source))
     for split, part in explicit.items():
         check_known_labels(part, labels, str(getattr(config, f"{split}_data")))
 

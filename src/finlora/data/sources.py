@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -119,8 +120,16 @@ def is_claudette_dir(path: Path) -> bool:
     return (path / "Sentences").is_dir() and any(path.glob("Labels_*"))
 
 
+_PTB_ESCAPE = re.compile("|".join(map(re.escape, PTB_ESCAPES)))
+
+
+def claudette_tags(root: Path) -> list[str]:
+    """The categories of a CLAUDETTE folder, from its `Labels_<TAG>` folders."""
+    return sorted(p.name.removeprefix("Labels_") for p in root.glob("Labels_*") if p.is_dir())
+
+
 def unescape_ptb(text: str) -> str:
-    return " ".join(PTB_ESCAPES.get(token, token) for token in text.split())
+    return _PTB_ESCAPE.sub(lambda m: PTB_ESCAPES[m.group(0)], text).strip()
 
 
 def read_claudette(root: str | Path) -> pd.DataFrame:
@@ -130,7 +139,7 @@ def read_claudette(root: str | Path) -> pd.DataFrame:
     line-aligned 1 (the sentence is an unfair clause of that category) or -1.
     """
     root = Path(root)
-    tags = sorted(p.name.removeprefix("Labels_") for p in root.glob("Labels_*") if p.is_dir())
+    tags = claudette_tags(root)
     rows = []
     for sentences in sorted((root / "Sentences").glob("*.txt")):
         lines = sentences.read_text(encoding="utf-8").splitlines()
