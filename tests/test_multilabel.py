@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import require_data
 from transformers import AutoConfig
 
-from conftest import require_data
 from finlora.cli import main
 from finlora.predictor import Predictor
 
@@ -111,8 +111,9 @@ def test_evaluate_reproduces_the_test_metrics(run, tmp_path):
     for label in results["labels"]:
         wide[label] = test["label"].map(lambda row, label=label: int(label in row))
     wide.to_csv(columns, index=False)
-    assert main(["-q", "evaluate", "--model", str(run), "--data", str(columns), "--label_columns",
-                 ",".join(results["labels"]), "--output", str(tmp_path / "w.json")]) == 0  # fmt: skip
+    assert main(["-q", "evaluate", "--model", str(run), "--data", str(columns),
+                 "--label_columns", ",".join(results["labels"]),
+                 "--output", str(tmp_path / "w.json")]) == 0  # fmt: skip
     assert json.loads((tmp_path / "w.json").read_text())["per_label"] == written["per_label"]
 
 

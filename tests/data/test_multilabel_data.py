@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import require_data
+
 from finlora.config import TrainConfig
 from finlora.data import prepare_data
 from finlora.data.sources import read_labelled, unescape_ptb
