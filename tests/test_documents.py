@@ -56,8 +56,8 @@ def test_windows_cover_every_token_and_map_back_to_the_text(tokenizer, window, s
     )
     offset = 100
     spans = token_windows(tokenizer, text, window, stride, offset)
-    marks = [tuple(m) for m in tokenizer(text, add_special_tokens=False,
-                                         return_offsets_mapping=True)["offset_mapping"]]  # fmt: skip
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    marks = [tuple(m) for m in encoded["offset_mapping"]]
     covered = set()
     for start, end in spans:
         piece = text[start - offset : end - offset]
