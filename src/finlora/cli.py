@@ -191,7 +191,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from finlora.predictor import Predictor
 
     if sum(map(bool, (args.texts, args.input, args.document))) != 1:
-        raise FinloraError("give texts to classify or --input FILE or --document FILE (one of them)")
+        raise FinloraError(
+            "give texts to classify or --input FILE or --document FILE (one of them)"
+        )
     predictor = Predictor.load(args.model, batch_size=args.batch_size)
     if args.document:
         return predict_document(predictor, args)
