@@ -14,6 +14,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from finlora import __version__
+from finlora.artifacts import BACKENDS, PRECISIONS
 from finlora.config import TrainConfig, field_types, parse_bool, resolve_config
 from finlora.errors import FinloraError
 
@@ -33,7 +34,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         kind = kinds[f.name]
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings: a literal % (as in "95%") must be doubled
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 f"--{f.name}",
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch_size", type=int, default=64)
     evaluate.add_argument("--output", help="write the metrics JSON here")
+    _add_backend_flags(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="classify texts with a saved model")
@@ -117,18 +120,101 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride", type=int, help="tokens between window starts (default: half the window)"
     )
     predict.add_argument("--batch_size", type=int, default=64)
+    predict.add_argument(
+        "--chunk_rows", type=int, default=4096, help="rows read from --input at a time"
+    )
+    _add_backend_flags(predict)
     predict.set_defaults(handler=cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX (optionally int8), verified against PyTorch",
+        description="Write <model>/onnx/: the merged model as ONNX with dynamic batch and "
+        "sequence axes, tokenizer, labels and export.json. Fails if the export does not "
+        "reproduce PyTorch's predictions.",
+    )
+    export.add_argument("--model", required=True, help="output dir of `finlora train`")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--quantize", choices=["int8"], help="also write an int8 model")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.add_argument("--threads", type=int, help="ONNX Runtime threads for verification")
+    export.set_defaults(handler=cmd_export)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a trained model over HTTP (FastAPI + uvicorn)",
+        description="POST /v1/predict, GET /healthz /readyz /v1/model /metrics. Every "
+        "option can also be set as an environment variable FINLORA_<OPTION>.",
+    )
+    serve.add_argument("--model", dest="model_dir", help="output dir of `finlora train`")
+    serve.add_argument("--backend", choices=BACKENDS, help="default: onnx when exported")
+    serve.add_argument("--precision", choices=PRECISIONS, help="ONNX model (default: int8 if any)")
+    serve.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    serve.add_argument("--host", help="default: 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: 8080")
+    serve.add_argument("--max_batch", type=int, help="most texts per request (default: 64)")
+    serve.add_argument("--max_body_bytes", type=int, help="request size limit (default: 1 MiB)")
+    serve.set_defaults(handler=cmd_serve)
+
+    from finlora.compare import CompareConfig
+    from finlora.profile import ProfileConfig
+
+    compare = sub.add_parser(
+        "compare",
+        help="full fine-tuning vs LoRA vs TF-IDF baseline on the same split(s): report + plots",
+        description="Train each strategy on the same de-duplicated split (or the same stratified "
+        "folds) with its own recipe; write report.md, report.json and PNG plots. Rerunning with "
+        "the same --output_dir skips finished runs.",
+    )
+    _add_config_flags(compare, CompareConfig)
+    compare.set_defaults(handler=cmd_compare)
+
+    profile = sub.add_parser(
+        "profile",
+        help="profile a labelled dataset: classes, lengths, duplicates, frequent tokens",
+        description="Write profile.md, profile.json and PNG plots describing a dataset.",
+    )
+    _add_config_flags(profile, ProfileConfig)
+    profile.set_defaults(handler=cmd_profile)
     return parser
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="default: onnx when exported"
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="ONNX model (int8 if exported)"
+    )
+    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+
+
+def _load_predictor(args: argparse.Namespace):
+    from finlora.predictor import Predictor
+
+    return Predictor.load(
+        args.model,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+    )
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    """The settings the user typed (argparse suppresses the others)."""
+    return {
+        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from finlora.training import train
 
-    overrides = {
-        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
-    }
-    config = resolve_config(overrides, args.config)
+    config = resolve_config(_flags(args), args.config)
     results = train(config)
+    if results is None:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
     summary = {k: results[k] for k in ("strategy", "trainable_fraction", "train_seconds")}
     test = results["test"]
     if test:
@@ -150,9 +236,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         format_report,
         multilabel_report,
     )
-    from finlora.predictor import Predictor
 
-    predictor = Predictor.load(args.model, batch_size=args.batch_size)
+    predictor = _load_predictor(args)
     raw = read_labelled(
         args.data,
         args.text_column,
@@ -188,17 +273,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from finlora.predict_io import predict_file
-    from finlora.predictor import Predictor
 
     if sum(map(bool, (args.texts, args.input, args.document))) != 1:
         raise FinloraError(
             "give texts to classify or --input FILE or --document FILE (one of them)"
         )
-    predictor = Predictor.load(args.model, batch_size=args.batch_size)
+    if args.chunk_rows < 1:
+        raise FinloraError(f"--chunk_rows must be at least 1, got {args.chunk_rows}")
+    predictor = _load_predictor(args)
     if args.document:
         return predict_document(predictor, args)
     if args.input:
-        predict_file(predictor, args.input, args.text_column, args.output)
+        predict_file(predictor, args.input, args.text_column, args.output, args.chunk_rows)
         return 0
     for record in predictor.predict(args.texts):
         print(json.dumps(record))
@@ -228,7 +314,68 @@ def predict_document(predictor, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from finlora.export import export_onnx
+
+    info = export_onnx(args.model, quantize=args.quantize, opset=args.opset, threads=args.threads)
+    print(
+        json.dumps(
+            {
+                "output_dir": str(Path(args.model) / "onnx"),
+                "files": {name: f["bytes"] for name, f in info["files"].items()},
+                "parity": info["parity"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from finlora.compare import CompareConfig, compare
+
+    settings = resolve_config(_flags(args), None, CompareConfig)
+    report = compare(settings)
+    summary = {
+        name: {
+            key: round(s[key], 4)
+            for key in ("macro_f1", "accuracy", "trainable_percent", "train_seconds")
+        }
+        for name, s in report["strategies"].items()
+    }
+    print(json.dumps({"output_dir": settings.output_dir, "strategies": summary}))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from finlora.profile import ProfileConfig, profile
+
+    settings = resolve_config(_flags(args), None, ProfileConfig)
+    result = profile(settings)
+    print(
+        json.dumps(
+            {
+                "output_dir": settings.output_dir,
+                "rows": result["rows_kept"],
+                "class_counts": result["class_counts"],
+                "imbalance_ratio": result["imbalance_ratio"],
+                "truncated_share": result["token_lengths"]["truncated_share"],
+            }
+        )
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from finlora.serve.app import run
+
+    options = {k: v for k, v in vars(args).items() if k not in {"command", "handler", "quiet"}}
+    run({k: v for k, v in options.items() if v is not None})
+    return 0
+
+
 def setup_logging(quiet: bool) -> None:
+    # Under torchrun every rank logs; only rank 0 tells the story, the others warn and fail.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -155,6 +155,93 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+STRATEGIES = ("full", "lora", "baseline")
+# Settings of a comparison that every strategy must share (the data and its split).
+SHARED_KEYS = (
+    "dataset",
+    "data",
+    "data_dir",
+    "text_column",
+    "label_column",
+    "labels",
+    "validation_size",
+    "test_size",
+    "imbalance_threshold",
+)
+
+
+@dataclass
+class CompareConfig:
+    """What to compare, on which data; each field is a `finlora compare --flag`."""
+
+    dataset: str | None = _opt(None, "named dataset (default phrasebank_allagree without --data)")
+    data: str | None = _opt(None, "labelled data file instead of --dataset")
+    data_dir: str | None = _opt(None, "where named datasets live (env FINLORA_DATA_DIR)")
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    labels: list[str] | None = _opt(None, "label names in class-id order, comma-separated")
+    validation_size: float = _opt(0.1, "fraction held out for model selection (also per fold)")
+    test_size: float = _opt(0.1, "fraction held out for the test report (single split only)")
+    imbalance_threshold: float = _opt(1.5, "max/min class ratio above which splits stratify")
+    strategies: list[str] | None = _opt(None, "comma-separated subset of full,lora,baseline")
+    lora_config: str = _opt("config/phrasebank_lora.yaml", "recipe of the LoRA runs")
+    full_config: str = _opt("config/phrasebank_full.yaml", "recipe of the full fine-tuning runs")
+    model_name: str | None = _opt(None, "encoder for both transformer runs (default: recipes')")
+    train_overrides: list[str] | None = _opt(
+        None, "KEY=VALUE,... applied to both transformer recipes, e.g. epochs=2,max_length=64"
+    )
+    folds: int = _opt(0, "stratified K-fold cross-validation with K folds (0: one split)")
+    seeds: int = _opt(1, "training seeds per split/fold: seed, seed+1, ...")
+    seed: int = _opt(42, "seed of the split/folds and first training seed")
+    bootstrap: int = _opt(1000, "bootstrap resamples for the 95% interval of test macro-F1")
+    output_dir: str = _opt("reports/compare", "where runs, report and plots are written")
+
+    def __post_init__(self) -> None:
+        self.strategies = list(self.strategies or STRATEGIES)
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or len(set(self.strategies)) != len(self.strategies):
+            raise FinloraError(
+                f"--strategies {','.join(self.strategies)} is invalid; "
+                f"use a comma-separated subset of {','.join(STRATEGIES)}"
+            )
+        if self.folds == 1 or self.folds < 0:
+            raise FinloraError(f"--folds must be 0 (one split) or at least 2, got {self.folds}")
+        if self.seeds < 1:
+            raise FinloraError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.folds == 0 and self.test_size <= 0:
+            raise FinloraError("--test_size must be positive: the comparison is on the test set")
+        self.data_config()  # validates the shared data settings early
+
+    def data_config(self) -> TrainConfig:
+        """The data and split settings as a TrainConfig (what `prepare_data` reads)."""
+        return TrainConfig(**{key: getattr(self, key) for key in SHARED_KEYS}, seed=self.seed)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+@dataclass
+class ProfileConfig:
+    """What `finlora profile` describes; each field is a `finlora profile --flag`."""
+
+    dataset: str | None = _opt(None, "named dataset (default phrasebank_allagree without --data)")
+    data: str | None = _opt(None, "labelled data file instead of --dataset")
+    data_dir: str | None = _opt(None, "where named datasets live (env FINLORA_DATA_DIR)")
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    model_name: str = _opt(DEFAULT_MODEL, "tokenizer used to count tokens")
+    max_length: int = _opt(128, "the training max_length: longer texts get truncated")
+    top_tokens: int = _opt(15, "most frequent words listed per class")
+    output_dir: str = _opt("reports/profile", "where profile.md, profile.json and plots go")
+
+    def __post_init__(self) -> None:
+        if self.data and self.dataset:
+            raise FinloraError("give either --data FILE or --dataset NAME, not both")
+        if self.max_length < 1 or self.top_tokens < 1:
+            raise FinloraError("--max_length and --top_tokens must be at least 1")
+
+
 def field_types(cls: type = TrainConfig) -> dict[str, type]:
     """Field name -> the plain type a flag's value converts to (`str | None` -> str)."""
     hints = typing.get_type_hints(cls)

@@ -88,7 +88,11 @@ class _Writer:
 
 
 def predict_file(
-    predictor: Predictor, input_path: str | Path, text_column: str, output: str | None
+    predictor: Predictor,
+    input_path: str | Path,
+    text_column: str,
+    output: str | None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> int:
     """Score every row; write input columns + `label` + `prob_<class>`; return rows scored.
 
@@ -100,7 +104,7 @@ def predict_file(
     ok = False
     try:
         with tqdm(desc="predict", unit="text", disable=None, file=sys.stderr) as bar:
-            for chunk in iter_chunks(input_path, text_column):
+            for chunk in iter_chunks(input_path, text_column, chunk_rows):
                 probs = predictor.probabilities(chunk[text_column].fillna("").astype(str).tolist())
                 scored = chunk.reset_index(drop=True).copy()
                 if predictor.multi_label:

@@ -30,11 +30,18 @@ from finlora.artifacts import (
     THRESHOLDS,
     TRAINING_ARGS,
     atomic_output_dir,
+    check_output_parent,
     write_json,
     write_model_card,
 )
 from finlora.config import TrainConfig, save_config
 from finlora.data import PreparedData, prepare_data
+from finlora.distributed import (
+    batch_layout,
+    check_same_data_on_all_ranks,
+    ddp_backend,
+    is_main_process,
+)
 from finlora.evaluation import (
     classification_report,
     format_multilabel_report,
@@ -223,6 +230,7 @@ def training_arguments(
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
+        ddp_backend=ddp_backend(),
         seed=config.seed,
         data_seed=config.seed,
         report_to=[],
@@ -232,11 +240,15 @@ def training_arguments(
     )
 
 
-def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
+def train(config: TrainConfig, data: PreparedData | None = None) -> dict | None:
     """Train, select on validation macro-F1, test, and write the artifacts atomically.
 
-    Returns the `final_results.json` payload.
+    Returns the `final_results.json` payload; under a distributed launcher only rank 0
+    writes artifacts and gets it, the other ranks return None.
     """
+    main_process = is_main_process()
+    if main_process:
+        check_output_parent(config.output_dir)  # fail before training, not after it
     set_seed(config.seed)
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
@@ -270,10 +282,9 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
     if config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
 
-    with (
-        atomic_output_dir(config.output_dir) as staging,
-        tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as checkpoints,
-    ):
+    # Each rank has its own checkpoint dir; only rank 0 saves into its own and loads the best
+    # checkpoint back at the end, and only rank 0's model is written out.
+    with tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as checkpoints:
         args = training_arguments(config, precision, checkpoints)
         trainer = WeightedLossTrainer(
             model=model,
@@ -285,12 +296,18 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
             callbacks=callbacks,
             loss_fn=loss_fn,
         )
+        layout = batch_layout(config.batch_size, config.gradient_accumulation_steps)
+        check_same_data_on_all_ranks(data, weights)
         log.info(
-            "training %s on %d examples: %s epochs, batch %d, lr %g, %s, %s",
+            "training %s on %d examples: %s epochs, batch %d per device x %d accumulation x "
+            "%d process(es) = %d per step, lr %g, %s, %s",
             "LoRA" if config.use_lora else "all parameters",
             len(train_set),
             config.epochs,
             config.batch_size,
+            config.gradient_accumulation_steps,
+            layout["world_size"],
+            layout["global_batch_size"],
             config.learning_rate,
             precision,
             device_name(),
@@ -298,19 +315,25 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
         started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - started
+        if not main_process:
+            return None
 
-        results = write_artifacts(
-            staging,
-            trainer,
-            tokenizer,
-            config,
-            data,
-            params,
-            precision,
-            train_seconds,
-            loss_name,
-            weights,
-        )
+        # The staging dir exists only while writing, so a rank killed during training
+        # leaves nothing behind next to the output dir.
+        with atomic_output_dir(config.output_dir) as staging:
+            results = write_artifacts(
+                staging,
+                trainer,
+                tokenizer,
+                config,
+                data,
+                params,
+                precision,
+                train_seconds,
+                loss_name,
+                weights,
+                layout,
+            )
     log.info("artifacts written to %s", config.output_dir)
     return results
 
@@ -326,6 +349,7 @@ def write_artifacts(
     train_seconds: float,
     loss_name: str,
     weights: list[float] | None,
+    layout: dict,
 ) -> dict:
     """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report."""
     model = trainer.model
@@ -370,6 +394,7 @@ def write_artifacts(
         "train_seconds": round(train_seconds, 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "device": device_name(),
+        "distributed": layout,
         "precision": precision,
         "seed": config.seed,
         "loss": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedKFold
 
 from finlora.config import DEFAULT_DATASET, TrainConfig
 from finlora.data.sources import (
@@ -20,7 +22,7 @@ from finlora.data.sources import (
     read_labelled,
     resolve_named_dataset,
 )
-from finlora.data.split import imbalance_ratio, label_counts, split_frame
+from finlora.data.split import check_stratifiable, imbalance_ratio, label_counts, split_frame
 from finlora.data.validate import check_known_labels, clean, is_multi_label, resolve_labels
 from finlora.errors import FinloraError
 
@@ -124,8 +126,25 @@ def _as_problem_type(frame: pd.DataFrame, problem_type: str, path: Path) -> pd.D
     return frame
 
 
-def prepare_data(config: TrainConfig) -> PreparedData:
-    """Read, clean, de-duplicate and split; class weights and loss are decided downstream."""
+def texts_sha256(texts) -> str:
+    """Fingerprint of a split's texts in order: equal fingerprints mean the very same rows."""
+    return hashlib.sha256("\n".join(map(str, texts)).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class CleanData:
+    """The cleaned, de-duplicated training frame before any split, plus explicit held-out files."""
+
+    frame: pd.DataFrame
+    explicit: dict[str, pd.DataFrame]
+    labels: list[str]
+    files: dict[str, dict]
+    source: Path
+    leaked_rows_dropped: int
+
+
+def load_clean(config: TrainConfig) -> CleanData:
+    """Read and clean the training file (and explicit validation/test files); no split yet."""
     source = training_source(config)
     frame, train_report = _read_clean(source, config)
     files = {"train": train_report}
@@ -142,11 +161,16 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         log.warning("dropping %d training rows that also occur in validation/test", leaked.sum())
         frame = frame[~leaked].reset_index(drop=True)
 
-    multi_label = is_multi_label(frame)
     labels = resolve_labels(frame, config.labels or declared_labels(config, source))
     for split, part in explicit.items():
         check_known_labels(part, labels, str(getattr(config, f"{split}_data")))
+    return CleanData(frame, explicit, labels, files, source, int(leaked.sum()))
 
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """Read, clean, de-duplicate and split; class weights and loss are decided downstream."""
+    clean_data = load_clean(config)
+    frame, explicit = clean_data.frame, clean_data.explicit
     ratio = imbalance_ratio(frame["label"])
     imbalanced = ratio > config.imbalance_threshold
     splits = split_frame(
@@ -157,11 +181,29 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         stratify=imbalanced,
     )
     splits.update(explicit)
+    return _prepared(config, clean_data, splits, ratio, imbalanced)
+
+
+def _prepared(
+    config: TrainConfig,
+    clean_data: CleanData,
+    splits: dict[str, pd.DataFrame],
+    ratio: float,
+    imbalanced: bool,
+    **extra_info: Any,
+) -> PreparedData:
+    frame, labels, files, source = (
+        clean_data.frame,
+        clean_data.labels,
+        clean_data.files,
+        clean_data.source,
+    )
     if splits["validation"].empty:
         raise FinloraError(
             "no validation data: set --validation_size > 0 or pass --validation_data "
             "(model selection needs it)"
         )
+    multi_label = is_multi_label(frame)
     train_counts = label_counts(splits["train"]["label"])
     if multi_label:
         absent = [lab for lab in labels if not train_counts.get(lab)]
@@ -191,13 +233,15 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         "duplicates_dropped": sum(f["duplicates_dropped"] for f in files.values()),
         "conflicting_texts_dropped": sum(f["conflicting_texts_dropped"] for f in files.values()),
         "empty_texts_dropped": sum(f["empty_texts_dropped"] for f in files.values()),
-        "leaked_rows_dropped": int(leaked.sum()),
+        "leaked_rows_dropped": clean_data.leaked_rows_dropped,
         "class_counts": counts(frame),
         "imbalance_ratio": round(ratio, 4),
         "imbalanced": imbalanced,
         "split_strategy": ("group " if "group" in frame else "")
         + ("stratified" if imbalanced else "random"),
+        **extra_info,
         "sizes": {name: len(part) for name, part in splits.items()},
+        "split_sha256": {name: texts_sha256(part["text"]) for name, part in splits.items()},
         "split_class_counts": {name: counts(part) for name, part in splits.items()},
     }
     if multi_label:
@@ -221,4 +265,56 @@ def prepare_data(config: TrainConfig) -> PreparedData:
         len(prepared.validation),
         len(prepared.test),
     )
+    return prepared
+
+
+def prepare_folds(config: TrainConfig, folds: int) -> list[PreparedData]:
+    """Stratified K-fold splits of the cleaned data: fold k is the test set of the k-th item.
+
+    Each fold carves its own validation slice (`validation_size` of all rows, stratified) out
+    of its training part, so model selection never sees that fold's test rows. The folds depend
+    only on the data and `config.seed`, so every strategy and seed gets exactly the same folds.
+    """
+    if folds < 2:
+        raise FinloraError(f"--folds must be at least 2, got {folds}")
+    if config.validation_data or config.test_data:
+        raise FinloraError(
+            "--folds builds its own validation and test parts; drop --validation_data/--test_data"
+        )
+    if config.validation_size <= 0:
+        raise FinloraError("--folds needs --validation_size > 0 for model selection in each fold")
+    clean_data = load_clean(config)
+    frame = clean_data.frame
+    if is_multi_label(frame) or "group" in frame:
+        raise FinloraError(
+            "--folds supports single-label data without --group_column; for multi-label or "
+            "grouped data use one seeded split (--validation_size/--test_size)"
+        )
+    check_stratifiable(frame["label"], folds)
+    ratio = imbalance_ratio(frame["label"])
+    imbalanced = ratio > config.imbalance_threshold
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+    prepared = []
+    for fold, (rest_index, test_index) in enumerate(splitter.split(frame, frame["label"])):
+        rest = frame.iloc[rest_index]
+        parts = split_frame(
+            rest,
+            validation_size=min(config.validation_size * len(frame) / len(rest), 0.5),
+            test_size=0.0,
+            seed=config.seed,
+            stratify=True,
+        )
+        parts["test"] = frame.iloc[test_index].reset_index(drop=True)
+        prepared.append(
+            _prepared(
+                config,
+                clean_data,
+                parts,
+                ratio,
+                imbalanced,
+                split_strategy=f"stratified {folds}-fold",
+                fold=fold,
+                folds=folds,
+            )
+        )
     return prepared

@@ -56,7 +56,7 @@ def _group_holdout(
     return frame.iloc[keep], frame.iloc[held]
 
 
-def _check_stratifiable(labels: pd.Series, parts: int) -> None:
+def check_stratifiable(labels: pd.Series, parts: int) -> None:
     counts = labels.value_counts()
     small = counts[counts < parts]
     if not small.empty:
@@ -92,7 +92,7 @@ def split_frame(
             "test": test.reset_index(drop=True),
         }
     if stratify:
-        _check_stratifiable(stratification_key(frame), parts)
+        check_stratifiable(stratification_key(frame), parts)
     rest, test = frame, empty
     try:
         if test_size > 0:
