@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import require_data
 from torch import nn
 from transformers import AutoTokenizer, PretrainedConfig
 
@@ -142,14 +141,14 @@ def token_presence(tokenizer, texts):
     return matrix
 
 
-def test_flagged_spans_overlap_the_tagged_clauses_of_an_unseen_document(tokenizer):
+def test_flagged_spans_overlap_the_tagged_clauses_of_an_unseen_document(tokenizer, claudette_dir):
     from sklearn.linear_model import LogisticRegression
 
     from finlora.data.prepare import multi_hot
     from finlora.data.sources import read_claudette
     from finlora.evaluation import tune_thresholds
 
-    root = require_data("claudette_tos")
+    root = claudette_dir
     held_out = "9gag"
     corpus = read_claudette(root)
     labels = sorted({name for row in corpus["label"] for name in row})

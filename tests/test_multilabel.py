@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_data
 from transformers import AutoConfig
 
 from finlora.cli import main
@@ -18,9 +17,9 @@ DOCUMENTS = ["Atlas", "Moves-app", "Crowdtangle", "Twitter", "Skyscanner", "Netf
 
 
 @pytest.fixture(scope="module")
-def claudette_slice(tmp_path_factory):
+def claudette_slice(tmp_path_factory, claudette_dir):
     """Six real Terms of Service in the CLAUDETTE layout (a copy: tests never write the data)."""
-    root = require_data("claudette_tos")
+    root = claudette_dir
     out = tmp_path_factory.mktemp("claudette")
     for folder in ["Sentences", *(p.name for p in root.glob("Labels_*"))]:
         (out / folder).mkdir()
@@ -121,7 +120,7 @@ def test_predict_texts_and_file(run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", "--model", str(run), "we may change these terms ."]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert set(record) == {"labels", "scores"} and len(record["scores"]) == 8
+    assert set(record) == {"labels", "scores", "truncated"} and len(record["scores"]) == 8
     source = tmp_path / "clauses.csv"
     source.write_text("id,text\n1,we may change these terms .\n2,welcome .\n")
     out = tmp_path / "scored.csv"
@@ -133,8 +132,8 @@ def test_predict_texts_and_file(run, tmp_path, capsys):
     ]
 
 
-def test_predict_document(run, tmp_path, capsys):
-    xml = require_data("claudette_tos/OriginalTaggedDocuments/Atlas.xml")
+def test_predict_document(run, tmp_path, capsys, claudette_dir):
+    xml = claudette_dir / "OriginalTaggedDocuments" / "Atlas.xml"
     out = tmp_path / "doc.json"
     assert main(["-q", "predict", "--model", str(run), "--document", str(xml),
                  "--output", str(out), "--window", "24", "--stride", "12"]) == 0  # fmt: skip

@@ -6,7 +6,6 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import require_data
 
 from finlora.config import TrainConfig
 from finlora.data import prepare_data
@@ -69,8 +68,8 @@ def test_clean_keeps_rows_without_labels_and_drops_conflicts():
     assert resolve_labels(frame, None) == ["X", "Y"]
 
 
-def test_claudette_reader_on_the_real_corpus():
-    root = require_data("claudette_tos")
+def test_claudette_reader_on_the_real_corpus(claudette_dir):
+    root = claudette_dir
     frame = read_labelled(root, group_column="document")
     assert len(frame) == 9414 and frame["group"].nunique() == 50
     positives = frame["label"].explode().value_counts().to_dict()
@@ -81,8 +80,7 @@ def test_claudette_reader_on_the_real_corpus():
     assert unescape_ptb("9gag -lrb- the `` site '' -rrb-") == '9gag ( the " site " )'
 
 
-def test_group_split_never_puts_a_document_in_two_splits():
-    require_data("claudette_tos")
+def test_group_split_never_puts_a_document_in_two_splits(claudette_dir):
     for seed in (0, 1, 2):
         data = prepare_data(TrainConfig(dataset="claudette_tos", test_size=0.2, seed=seed))
         assert data.problem_type == "multi_label"
