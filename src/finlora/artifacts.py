@@ -11,6 +11,7 @@ Layout of a finished run (no pickles anywhere)::
     training_args.json                    the Hugging Face TrainingArguments, as JSON
     finlora_config.yaml                   the resolved finlora settings of this run
     final_results.json                    test/validation metrics, data report, run facts
+    thresholds.json                       multi-label only: per-label decision thresholds
     README.md                             a model card with the headline numbers
     onnx/                                 ONNX export (`finlora export`), optional
 """
@@ -32,6 +33,7 @@ ADAPTER_DIR = "adapter"
 RESOLVED_CONFIG = "finlora_config.yaml"
 RESULTS = "final_results.json"
 TRAINING_ARGS = "training_args.json"
+THRESHOLDS = "thresholds.json"
 MODEL_CARD = "README.md"
 
 # `finlora export` writes <model dir>/onnx/ (see finlora.export.onnx for its layout).
@@ -105,10 +107,15 @@ def write_model_card(path: Path, results: dict) -> None:
         f"{results['total_params']:,} ({100 * results['trainable_fraction']:.2f}%)",
         f"- data: `{results['data']['source']}`",
     ]
-    if test:
+    if test and "accuracy" in test:
         lines.append(
             f"- test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f} "
             f"(n={test['size']})"
+        )
+    elif test:
+        lines.append(
+            f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
+            f"{test['macro_f1']:.4f}, micro-F1 {test['micro_f1']:.4f} (n={test['size']})"
         )
     lines += [
         "",

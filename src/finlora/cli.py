@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="labelled file")
     evaluate.add_argument("--text_column", default="text")
     evaluate.add_argument("--label_column", default="label")
+    evaluate.add_argument(
+        "--label_delimiter", help="multi-label: labels in one string column split by this"
+    )
+    evaluate.add_argument(
+        "--label_columns", help="multi-label: one 0/1 column per label, comma-separated"
+    )
     evaluate.add_argument("--batch_size", type=int, default=64)
     evaluate.add_argument("--output", help="write the metrics JSON here")
     evaluate.add_argument("--s3_endpoint_url", help="S3-compatible endpoint for s3:// paths")
@@ -98,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="file of texts (.csv, .tsv, .jsonl, .parquet, .txt)")
     predict.add_argument("--text_column", default="text")
     predict.add_argument("--output", help="write predictions here (.csv, .jsonl, .parquet)")
+    predict.add_argument(
+        "--document",
+        help="classify a whole document (.txt, .xml, .html, .pdf): labelled spans with "
+        "character offsets and a summary, as JSON (to --output .json or stdout)",
+    )
+    predict.add_argument(
+        "--segment",
+        choices=["sentences", "windows"],
+        default="sentences",
+        help="--document pieces: sentences (over-long ones in token windows) or token windows",
+    )
+    predict.add_argument(
+        "--window", type=int, help="tokens per window (default: the model's max_length)"
+    )
+    predict.add_argument(
+        "--stride", type=int, help="tokens between window starts (default: half the window)"
+    )
     predict.add_argument("--batch_size", type=int, default=64)
     predict.add_argument(
         "--chunk_rows", type=int, default=4096, help="rows read from --input at a time"
@@ -257,11 +280,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if results is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     summary = {k: results[k] for k in ("strategy", "trainable_fraction", "train_seconds")}
-    if results["test"]:
-        summary.update(
-            test_macro_f1=round(results["test"]["macro_f1"], 4),
-            test_accuracy=round(results["test"]["accuracy"], 4),
-        )
+    test = results["test"]
+    if test:
+        summary["test_macro_f1"] = round(test["macro_f1"], 4)
+        second = "micro_f1" if results["task"] == "multi_label" else "accuracy"
+        summary[f"test_{second}"] = round(test[second], 4)
     if "mlflow" in results:
         summary["mlflow"] = results["mlflow"]
     print(json.dumps({"output_dir": config.output_dir, **summary}))
@@ -270,24 +293,48 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from finlora.artifacts import write_json
-    from finlora.data.sources import read_labelled
+    from finlora.data.prepare import multi_hot
+    from finlora.data.sources import as_label_list, read_labelled
     from finlora.data.validate import check_known_labels, clean
-    from finlora.evaluation import classification_report, format_report
+    from finlora.evaluation import (
+        classification_report,
+        format_multilabel_report,
+        format_report,
+        multilabel_report,
+    )
 
     with tempfile.TemporaryDirectory(prefix="finlora-evaluate-") as tmp:
         endpoint = args.s3_endpoint_url
         model = fetch(args.model, Path(tmp), endpoint, directory=True)
         data = fetch(args.data, Path(tmp), endpoint)
         predictor = _load_predictor(args, model)
-        frame, _ = clean(read_labelled(data, args.text_column, args.label_column), args.data)
-        check_known_labels(frame, predictor.labels, args.data)
-        index = {name: i for i, name in enumerate(predictor.labels)}
-        block = classification_report(
-            [index[lab] for lab in frame["label"]],
-            predictor.predict_ids(frame["text"]),
-            predictor.labels,
+        raw = read_labelled(
+            data,
+            args.text_column,
+            args.label_column,
+            label_delimiter=args.label_delimiter,
+            label_columns=args.label_columns.split(",") if args.label_columns else None,
         )
-        log.info("\n%s", format_report(block, Path(data).name))
+        if predictor.multi_label and not isinstance(raw["label"].iloc[0], list):
+            raw["label"] = raw["label"].map(as_label_list)
+        frame, _ = clean(raw, args.data)
+        check_known_labels(frame, predictor.labels, args.data)
+        if predictor.multi_label:
+            block = multilabel_report(
+                multi_hot(frame["label"], predictor.labels),
+                predictor.predict_label_matrix(frame["text"]),
+                predictor.labels,
+                predictor.thresholds,
+            )
+            log.info("\n%s", format_multilabel_report(block, Path(data).name))
+        else:
+            index = {name: i for i, name in enumerate(predictor.labels)}
+            block = classification_report(
+                [index[lab] for lab in frame["label"]],
+                predictor.predict_ids(frame["text"]),
+                predictor.labels,
+            )
+            log.info("\n%s", format_report(block, Path(data).name))
         if args.output:
             output = Path(tmp) / "metrics.json" if args.output.startswith("s3://") else args.output
             write_json(output, block)
@@ -302,13 +349,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from finlora.predict_io import predict_file
 
-    if bool(args.texts) == bool(args.input):
-        raise FinloraError("give texts to classify or --input FILE (one of the two)")
+    if sum(map(bool, (args.texts, args.input, args.document))) != 1:
+        raise FinloraError(
+            "give texts to classify or --input FILE or --document FILE (one of them)"
+        )
     if args.chunk_rows < 1:
         raise FinloraError(f"--chunk_rows must be at least 1, got {args.chunk_rows}")
     with tempfile.TemporaryDirectory(prefix="finlora-predict-") as tmp:
         endpoint = args.s3_endpoint_url
         predictor = _load_predictor(args, fetch(args.model, Path(tmp), endpoint, directory=True))
+        if args.document:
+            return predict_document(predictor, args)
         if not args.input:
             for record in predictor.predict(args.texts):
                 print(json.dumps(record))
@@ -356,6 +407,29 @@ def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
         return 0
     arn = sagemaker.submit(request, args.region, args.endpoint_url)
     print(json.dumps({"TrainingJobName": job, "TrainingJobArn": arn}))
+    return 0
+
+
+def predict_document(predictor, args: argparse.Namespace) -> int:
+    from finlora.artifacts import write_json
+    from finlora.documents import classify_document, read_document
+
+    result = classify_document(
+        predictor,
+        read_document(args.document),
+        segment_by=args.segment,
+        window=args.window,
+        stride=args.stride,
+    )
+    result = {"document": str(args.document), **result}
+    summary = {k: v["count"] for k, v in result["summary"]["per_label"].items() if v["count"]}
+    log.info("%s: %d pieces, labelled %s", args.document, result["pieces"], summary or "none")
+    if args.output:
+        if not args.output.endswith(".json"):
+            raise FinloraError(f"--output {args.output}: a --document result is written as .json")
+        write_json(args.output, result)
+    else:
+        print(json.dumps(result))
     return 0
 
 

@@ -20,7 +20,8 @@ from finlora.errors import FinloraError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DATASET = "phrasebank_allagree"
-LOSSES = ("auto", "ce", "weighted_ce", "focal")
+LOSSES = ("auto", "ce", "weighted_ce", "focal", "bce", "weighted_bce")
+PROBLEM_TYPES = ("auto", "single_label", "multi_label")
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -39,7 +40,7 @@ class TrainConfig:
     dataset: str | None = _opt(
         None,
         "named dataset: phrasebank_allagree|phrasebank_75agree|phrasebank_66agree|"
-        "phrasebank_50agree (the default when no --data is given)",
+        "phrasebank_50agree (the default when no --data is given)|claudette_tos",
     )
     data: str | None = _opt(
         None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet"
@@ -52,6 +53,22 @@ class TrainConfig:
     text_column: str = _opt("text", "column holding the text")
     label_column: str = _opt("label", "column holding the label")
     labels: list[str] | None = _list("label names in the order of class ids, comma-separated")
+    problem_type: str = _opt(
+        "auto",
+        "auto|single_label|multi_label (auto: multi_label when labels are lists, "
+        "--label_delimiter or --label_columns is given)",
+    )
+    label_delimiter: str | None = _opt(
+        None, "multi-label: labels in one string column separated by this, e.g. '|'"
+    )
+    label_columns: list[str] | None = _list(
+        "multi-label: one 0/1 column per label, comma-separated (replaces --label_column)"
+    )
+    group_column: str | None = _opt(
+        None,
+        "split by this column (e.g. document) so a group never lands in two splits "
+        "(claudette_tos: document)",
+    )
 
     # --- split and imbalance ---
     validation_size: float = _opt(0.1, "fraction held out for model selection")
@@ -61,8 +78,16 @@ class TrainConfig:
     )
 
     # --- loss ---
-    loss: str = _opt("auto", "auto|ce|weighted_ce|focal (auto: weighted_ce when imbalanced)")
-    class_weights: str = _opt("balanced", "balanced|inverse|none|<w1,w2,...>")
+    loss: str = _opt(
+        "auto",
+        "auto|ce|weighted_ce|focal; multi-label: bce|weighted_bce|focal "
+        "(auto: weighted_ce when imbalanced; weighted_bce for multi-label)",
+    )
+    class_weights: str = _opt(
+        "balanced",
+        "balanced|inverse|none|<w1,w2,...>; multi-label pos_weight: balanced (neg/pos), "
+        "sqrt (its square root)|none|<w1,...>",
+    )
     focal_gamma: float = _opt(2.0, "focusing parameter of the focal loss")
 
     # --- model ---
@@ -127,6 +152,13 @@ class TrainConfig:
         """Reject settings that cannot work, with the fix in the message."""
         if self.loss not in LOSSES:
             raise FinloraError(f"--loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise FinloraError(
+                f"--problem_type {self.problem_type!r} is unknown; use one of "
+                f"{', '.join(PROBLEM_TYPES)}"
+            )
+        if self.label_delimiter is not None and self.label_columns:
+            raise FinloraError("give either --label_delimiter or --label_columns, not both")
         for name in ("validation_size", "test_size"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

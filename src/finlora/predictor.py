@@ -23,10 +23,12 @@ from finlora.artifacts import (
     ONNX_FILES,
     PRECISIONS,
     RESOLVED_CONFIG,
+    THRESHOLDS,
     read_json,
     require_model_dir,
 )
 from finlora.errors import FinloraError
+from finlora.evaluation import DEFAULT_THRESHOLD, apply_thresholds, sigmoid
 
 
 def default_threads() -> int:
@@ -96,6 +98,9 @@ class Predictor:
     """Texts in, class probabilities out, with the model's own label names and max_length.
 
     `model` is a transformers model (torch backend) or an `OnnxRunner` with `labels` given.
+    A multi-label model (config `problem_type` "multi_label_classification") gives one
+    sigmoid score per label, and a label is predicted when its score reaches that label's
+    threshold (tuned on validation by `finlora train`, read from thresholds.json).
     """
 
     def __init__(
@@ -105,6 +110,8 @@ class Predictor:
         max_length: int = 128,
         batch_size: int = 64,
         labels: list[str] | None = None,
+        thresholds: Sequence[float] | None = None,
+        multi_label: bool | None = None,
     ) -> None:
         if isinstance(model, OnnxRunner):
             if labels is None:
@@ -117,6 +124,11 @@ class Predictor:
             id2label = model.config.id2label
             labels = labels or [id2label[i] for i in range(len(id2label))]
         self.labels = list(labels)
+        if multi_label is None:
+            problem_type = getattr(getattr(model, "config", None), "problem_type", None)
+            multi_label = problem_type == "multi_label_classification"
+        self.multi_label = multi_label
+        self.thresholds = list(thresholds or [DEFAULT_THRESHOLD] * len(self.labels))
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
@@ -166,7 +178,14 @@ class Predictor:
             raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc
         if threads:
             torch.set_num_threads(threads)
-        return cls(model, tokenizer, saved_max_length(model_dir, tokenizer), batch_size)
+        labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+        return cls(
+            model,
+            tokenizer,
+            saved_max_length(model_dir, tokenizer),
+            batch_size,
+            thresholds=saved_thresholds(model_dir, labels),
+        )
 
     @classmethod
     def _load_onnx(
@@ -185,7 +204,18 @@ class Predictor:
         except OSError as exc:
             raise FinloraError(f"cannot load the tokenizer in {onnx_dir}: {exc}") from exc
         runner = OnnxRunner(onnx_dir / ONNX_FILES[chosen], threads, chosen)
-        return cls(runner, tokenizer, int(info["max_length"]), batch_size, info["labels"])
+        thresholds = saved_thresholds(onnx_dir, info["labels"]) or saved_thresholds(
+            onnx_dir.parent, info["labels"]
+        )
+        return cls(
+            runner,
+            tokenizer,
+            int(info["max_length"]),
+            batch_size,
+            info["labels"],
+            thresholds=thresholds,
+            multi_label=info.get("problem_type") == "multi_label" or thresholds is not None,
+        )
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
         """input_ids, attention_mask (padded to the longest text, not to max_length) and
@@ -232,11 +262,28 @@ class Predictor:
         return self.logits_and_truncation(texts)[0]
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        return softmax(self.logits(texts))
+        """Softmax over classes; for a multi-label model, one sigmoid score per label."""
+        return self.scores(self.logits(texts))
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits) if self.multi_label else softmax(logits)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
-        """One `{"label", "probabilities", "truncated"}` record per text."""
+        """One `{"label", "probabilities", "truncated"}` record per text; multi-label:
+        `{"labels", "scores", "truncated"}`."""
         logits, truncated = self.logits_and_truncation(texts)
+        if self.multi_label:
+            scores = sigmoid(logits)
+            return [
+                {
+                    "labels": [lab for lab, hit in zip(self.labels, row) if hit],
+                    "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, values)},
+                    "truncated": cut,
+                }
+                for row, values, cut in zip(
+                    apply_thresholds(scores, self.thresholds), scores, truncated
+                )
+            ]
         return [
             {
                 "label": self.labels[int(row.argmax())],
@@ -248,6 +295,24 @@ class Predictor:
 
     def predict_ids(self, texts: Sequence[str]) -> list[int]:
         return self.logits(texts).argmax(-1).tolist()
+
+    def predict_label_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """Multi-label decisions, shape (texts, labels), 1 where a score reaches its threshold."""
+        return apply_thresholds(self.probabilities(texts), self.thresholds)
+
+
+def saved_thresholds(model_dir: Path, labels: list[str]) -> list[float] | None:
+    """Per-label thresholds from thresholds.json, in the model's label order."""
+    path = Path(model_dir) / THRESHOLDS
+    if not path.is_file():
+        return None
+    saved = read_json(path)["thresholds"]
+    missing = [lab for lab in labels if lab not in saved]
+    if missing:
+        raise FinloraError(
+            f"{path} has no threshold for label(s) {', '.join(missing)}; retrain or fix the file"
+        )
+    return [float(saved[lab]) for lab in labels]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from finlora.artifacts import (
     ADAPTER_DIR,
     RESOLVED_CONFIG,
     RESULTS,
+    THRESHOLDS,
     TRAINING_ARGS,
     atomic_output_dir,
     check_output_parent,
@@ -47,8 +48,16 @@ from finlora.distributed import (
     is_main_process,
 )
 from finlora.errors import FinloraError
-from finlora.evaluation import classification_report, format_report, macro_f1_metrics
-from finlora.losses import build_loss, class_weights, resolve_loss_name
+from finlora.evaluation import (
+    classification_report,
+    format_multilabel_report,
+    format_report,
+    macro_f1_metrics,
+    multilabel_metrics,
+    multilabel_report,
+    tune_thresholds,
+)
+from finlora.losses import build_loss, class_weights, pos_weights, resolve_loss_name
 from finlora.modeling import (
     apply_lora,
     check_only_adapters_train,
@@ -80,18 +89,21 @@ class WeightedLossTrainer(Trainer):
 
 
 class EncodedTexts(Dataset):
-    """Tokenized texts (unpadded; the collator pads each batch) with their class ids."""
+    """Tokenized texts (unpadded; the collator pads each batch) with their targets.
 
-    def __init__(self, tokenizer, texts: Sequence[str], label_ids: Sequence[int], max_length: int):
+    A target is a class id, or a multi-hot row of floats for multi-label.
+    """
+
+    def __init__(self, tokenizer, texts: Sequence[str], targets: Sequence, max_length: int):
         self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
-        self.label_ids = list(label_ids)
+        self.targets = list(targets)
 
     def __len__(self) -> int:
-        return len(self.label_ids)
+        return len(self.targets)
 
     def __getitem__(self, i: int) -> dict:
         item = {key: values[i] for key, values in self.encodings.items()}
-        item["labels"] = self.label_ids[i]
+        item["labels"] = self.targets[i]
         return item
 
 
@@ -107,13 +119,15 @@ class EpochSummary(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
+        second = "micro_f1" if "eval_micro_f1" in metrics else "accuracy"
         log.info(
-            "epoch %.0f/%.0f: train loss %s | validation macro-F1 %.4f, accuracy %.4f",
+            "epoch %.0f/%.0f: train loss %s | validation macro-F1 %.4f, %s %.4f",
             state.epoch or 0,
             args.num_train_epochs,
             f"{self.train_loss:.4f}" if self.train_loss is not None else "-",
             metrics.get("eval_macro_f1", float("nan")),
-            metrics.get("eval_accuracy", float("nan")),
+            second.replace("_f1", "-F1"),
+            metrics.get(f"eval_{second}", float("nan")),
         )
 
 
@@ -179,10 +193,23 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
             ("eval_loss", "validation_loss"),
             ("eval_macro_f1", "macro_f1"),
             ("eval_accuracy", "accuracy"),
+            ("eval_micro_f1", "micro_f1"),
+            ("eval_macro_f1_at_0.5", "macro_f1_at_0.5"),
         ):
             if key in entry:
                 row[name] = entry[key]
     return [row for _, row in sorted(epochs.items()) if "macro_f1" in row]
+
+
+def resolve_loss(config: TrainConfig, data: PreparedData) -> tuple[str, list[float] | None]:
+    """The loss name and its weights: class weights, or per-label pos_weight for multi-label."""
+    loss_name = resolve_loss_name(config.loss, data.imbalanced, data.multi_label)
+    if loss_name in ("weighted_bce", "focal") and data.multi_label:
+        counts = data.class_counts("train")
+        return loss_name, pos_weights(counts, len(data.train), config.class_weights)
+    if loss_name in ("weighted_ce", "focal"):
+        return loss_name, class_weights(data.class_counts("train"), config.class_weights)
+    return loss_name, None
 
 
 def training_arguments(
@@ -323,7 +350,7 @@ def train(
     set_seed(config.seed)
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
-    model = load_classifier(config.model_name, data.labels)
+    model = load_classifier(config.model_name, data.labels, data.problem_type)
     if config.use_lora:
         model = apply_lora(
             model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
@@ -331,25 +358,23 @@ def train(
         check_only_adapters_train(model)
     params = log_parameter_report(model)
 
-    loss_name = resolve_loss_name(config.loss, data.imbalanced)
-    weights = None
-    if loss_name in ("weighted_ce", "focal"):
-        weights = class_weights(data.class_counts("train"), config.class_weights)
-    loss_fn = build_loss(loss_name, weights, config.focal_gamma)
+    loss_name, weights = resolve_loss(config, data)
+    loss_fn = build_loss(loss_name, weights, config.focal_gamma, data.multi_label)
     log.info(
         "loss: %s%s",
         loss_name,
-        f" with class weights {dict(zip(data.labels, (round(w, 3) for w in weights)))}"
+        f" with {'pos_weight' if data.multi_label else 'class weights'} "
+        f"{dict(zip(data.labels, (round(w, 3) for w in weights)))}"
         if weights
         else "",
     )
     precision = precision_policy(config.fp16, config.bf16)
 
     train_set = EncodedTexts(
-        tokenizer, data.train["text"], data.label_ids("train"), config.max_length
+        tokenizer, data.train["text"], data.targets("train"), config.max_length
     )
     validation_set = EncodedTexts(
-        tokenizer, data.validation["text"], data.label_ids("validation"), config.max_length
+        tokenizer, data.validation["text"], data.targets("validation"), config.max_length
     )
     resumable = checkpoint_dir is not None
     trainer_callbacks: list[TrainerCallback] = [EpochSummary(), MarkCheckpointComplete()]
@@ -370,7 +395,7 @@ def train(
             train_dataset=train_set,
             eval_dataset=validation_set,
             data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=macro_f1_metrics,
+            compute_metrics=multilabel_metrics if data.multi_label else macro_f1_metrics,
             callbacks=trainer_callbacks,
             loss_fn=loss_fn,
         )
@@ -442,18 +467,23 @@ def write_artifacts(
     save_config(config, staging / RESOLVED_CONFIG)
 
     predictor = Predictor(merged, tokenizer, config.max_length, config.eval_batch_size)
-    validation = classification_report(
-        data.label_ids("validation"), predictor.predict_ids(data.validation["text"]), data.labels
-    )
-    test = None
-    if not data.test.empty:
-        test = classification_report(
-            data.label_ids("test"), predictor.predict_ids(data.test["text"]), data.labels
+    if data.multi_label:
+        validation, test = multilabel_evaluation(staging, predictor, data)
+    else:
+        validation = classification_report(
+            data.label_ids("validation"),
+            predictor.predict_ids(data.validation["text"]),
+            data.labels,
         )
-        log.info("\n%s", format_report(test, "test"))
+        test = None
+        if not data.test.empty:
+            test = classification_report(
+                data.label_ids("test"), predictor.predict_ids(data.test["text"]), data.labels
+            )
+            log.info("\n%s", format_report(test, "test"))
     history = epoch_history(trainer.state.log_history)
     results = {
-        "task": "single_label",
+        "task": data.problem_type,
         "labels": data.labels,
         "base_model": config.model_name,
         "strategy": "lora" if config.use_lora else "full",
@@ -470,10 +500,47 @@ def write_artifacts(
         "distributed": layout,
         "precision": precision,
         "seed": config.seed,
-        "loss": {"name": loss_name, "class_weights": weights, "focal_gamma": config.focal_gamma},
+        "loss": {
+            "name": loss_name,
+            "pos_weight" if data.multi_label else "class_weights": weights,
+            "focal_gamma": config.focal_gamma,
+        },
         "data": data.info,
         "versions": library_versions(),
     }
     write_json(staging / RESULTS, results)
     write_model_card(staging, results)
     return results
+
+
+def multilabel_evaluation(
+    staging: Path, predictor: Predictor, data: PreparedData
+) -> tuple[dict, dict | None]:
+    """Tune per-label thresholds on validation, save them, report validation and test."""
+    scores = predictor.probabilities(data.validation["text"])
+    truth = data.label_matrix("validation")
+    predictor.thresholds = tune_thresholds(truth, scores)
+    write_json(
+        staging / THRESHOLDS,
+        {
+            "labels": data.labels,
+            "thresholds": dict(zip(data.labels, predictor.thresholds)),
+            "tuned_on": "validation",
+            "validation_positives": dict(zip(data.labels, truth.sum(axis=0).astype(int).tolist())),
+        },
+    )
+    log.info("thresholds: %s", {k: round(v, 3) for k, v in zip(data.labels, predictor.thresholds)})
+    validation = multilabel_report(
+        truth, predictor.predict_label_matrix(data.validation["text"]), data.labels,
+        predictor.thresholds,
+    )  # fmt: skip
+    if data.test.empty:
+        return validation, None
+    test = multilabel_report(
+        data.label_matrix("test"),
+        predictor.predict_label_matrix(data.test["text"]),
+        data.labels,
+        predictor.thresholds,
+    )
+    log.info("\n%s", format_multilabel_report(test, "test"))
+    return validation, test
