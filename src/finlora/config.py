@@ -106,6 +106,9 @@ class TrainConfig:
     eval_batch_size: int = _opt(64, "per-device evaluation batch size")
     learning_rate: float = _opt(2e-5, "peak learning rate")
     max_length: int = _opt(128, "tokens per text; longer texts are truncated")
+    group_by_length: bool = _opt(
+        False, "batch texts of similar length together (less padding, faster epochs)"
+    )
     warmup_ratio: float = _opt(0.1, "fraction of steps with linear warm-up")
     weight_decay: float = _opt(0.01, "AdamW weight decay")
     gradient_accumulation_steps: int = _opt(1, "batches per optimizer step")

@@ -226,6 +226,7 @@ def training_arguments(
         weight_decay=config.weight_decay,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         lr_scheduler_type=config.lr_scheduler_type,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
