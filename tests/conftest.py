@@ -78,3 +78,9 @@ def tiny_model_dir(tmp_path_factory, packaged_model_dir: Path) -> Path:
     BertModel(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(packaged_model_dir).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def claudette_dir() -> Path:
+    """The CLAUDETTE folder: Sentences/, Labels_<TAG>/, OriginalTaggedDocuments/."""
+    return require_data("claudette_tos")

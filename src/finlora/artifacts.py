@@ -11,13 +11,16 @@ Layout of a finished run (no pickles anywhere)::
     training_args.json                    the Hugging Face TrainingArguments, as JSON
     finlora_config.yaml                   the resolved finlora settings of this run
     final_results.json                    test/validation metrics, data report, run facts
+    thresholds.json                       multi-label only: per-label decision thresholds
     README.md                             a model card with the headline numbers
+    onnx/                                 ONNX export (`finlora export`), optional
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +33,16 @@ ADAPTER_DIR = "adapter"
 RESOLVED_CONFIG = "finlora_config.yaml"
 RESULTS = "final_results.json"
 TRAINING_ARGS = "training_args.json"
+THRESHOLDS = "thresholds.json"
 MODEL_CARD = "README.md"
+
+# `finlora export` writes <model dir>/onnx/ (see finlora.export.onnx for its layout).
+ONNX_DIR = "onnx"
+EXPORT_INFO = "export.json"
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# How a saved model can be run (finlora.predictor): "auto" takes the ONNX export if present.
+BACKENDS = ("auto", "onnx", "torch")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 @contextlib.contextmanager
@@ -95,10 +107,15 @@ def write_model_card(path: Path, results: dict) -> None:
         f"{results['total_params']:,} ({100 * results['trainable_fraction']:.2f}%)",
         f"- data: `{results['data']['source']}`",
     ]
-    if test:
+    if test and "accuracy" in test:
         lines.append(
             f"- test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f} "
             f"(n={test['size']})"
+        )
+    elif test:
+        lines.append(
+            f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
+            f"{test['macro_f1']:.4f}, micro-F1 {test['micro_f1']:.4f} (n={test['size']})"
         )
     lines += [
         "",
@@ -108,3 +125,14 @@ def write_model_card(path: Path, results: dict) -> None:
         "",
     ]
     (path / MODEL_CARD).write_text("\n".join(lines), encoding="utf-8")
+
+
+def check_output_parent(target: str | Path) -> None:
+    """Create the output dir's parent now and check it is writable, before a long training."""
+    parent = Path(target).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FinloraError(f"cannot create {parent} for --output_dir: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK):
+        raise FinloraError(f"{parent} is not writable; choose another --output_dir")

@@ -20,7 +20,8 @@ from finlora.errors import FinloraError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DATASET = "phrasebank_allagree"
-LOSSES = ("auto", "ce", "weighted_ce", "focal")
+LOSSES = ("auto", "ce", "weighted_ce", "focal", "bce", "weighted_bce")
+PROBLEM_TYPES = ("auto", "single_label", "multi_label")
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -39,7 +40,7 @@ class TrainConfig:
     dataset: str | None = _opt(
         None,
         "named dataset: phrasebank_allagree|phrasebank_75agree|phrasebank_66agree|"
-        "phrasebank_50agree (the default when no --data is given)",
+        "phrasebank_50agree (the default when no --data is given)|claudette_tos",
     )
     data: str | None = _opt(
         None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet"
@@ -52,6 +53,22 @@ class TrainConfig:
     text_column: str = _opt("text", "column holding the text")
     label_column: str = _opt("label", "column holding the label")
     labels: list[str] | None = _list("label names in the order of class ids, comma-separated")
+    problem_type: str = _opt(
+        "auto",
+        "auto|single_label|multi_label (auto: multi_label when labels are lists, "
+        "--label_delimiter or --label_columns is given)",
+    )
+    label_delimiter: str | None = _opt(
+        None, "multi-label: labels in one string column separated by this, e.g. '|'"
+    )
+    label_columns: list[str] | None = _list(
+        "multi-label: one 0/1 column per label, comma-separated (replaces --label_column)"
+    )
+    group_column: str | None = _opt(
+        None,
+        "split by this column (e.g. document) so a group never lands in two splits "
+        "(claudette_tos: document)",
+    )
 
     # --- split and imbalance ---
     validation_size: float = _opt(0.1, "fraction held out for model selection")
@@ -61,8 +78,16 @@ class TrainConfig:
     )
 
     # --- loss ---
-    loss: str = _opt("auto", "auto|ce|weighted_ce|focal (auto: weighted_ce when imbalanced)")
-    class_weights: str = _opt("balanced", "balanced|inverse|none|<w1,w2,...>")
+    loss: str = _opt(
+        "auto",
+        "auto|ce|weighted_ce|focal; multi-label: bce|weighted_bce|focal "
+        "(auto: weighted_ce when imbalanced; weighted_bce for multi-label)",
+    )
+    class_weights: str = _opt(
+        "balanced",
+        "balanced|inverse|none|<w1,w2,...>; multi-label pos_weight: balanced (neg/pos), "
+        "sqrt (its square root)|none|<w1,...>",
+    )
     focal_gamma: float = _opt(2.0, "focusing parameter of the focal loss")
 
     # --- model ---
@@ -94,10 +119,34 @@ class TrainConfig:
     bf16: bool = _opt(False, "bf16 mixed precision (CPU with AVX-512 BF16, or GPU)")
     output_dir: str = _opt("outputs/finlora", "where the artifacts are written (atomically)")
 
-    # --- seed README cloud flags (wired up by the cloud issue) ---
-    use_s3: bool = _opt(False, "read data from / write artifacts to S3")
+    checkpoint_dir: str | None = _opt(
+        None,
+        "keep per-epoch checkpoints (with optimizer state) here, local or s3://; rerunning "
+        "resumes from the latest complete one (default on SageMaker: /opt/ml/checkpoints)",
+    )
+
+    # --- cloud: S3 (any path above may also be an s3://bucket/key URI) ---
+    use_s3: bool = _opt(
+        False,
+        "resolve relative --data/--*_data/--output_dir/--checkpoint_dir under s3://BUCKET/KEY/",
+    )
     s3_bucket: str | None = _opt(None, "S3 bucket for --use_s3")
     s3_key: str | None = _opt(None, "key prefix in the bucket for --use_s3")
+    s3_endpoint_url: str | None = _opt(
+        None, "S3-compatible endpoint (MinIO, LocalStack, ...); env AWS_ENDPOINT_URL also works"
+    )
+
+    # --- experiment tracking ---
+    mlflow: bool = _opt(False, "track the run in MLflow (same as --report_to mlflow)")
+    report_to: list[str] | None = _list("integrations to report to: mlflow")
+    tracking_uri: str | None = _opt(
+        None, "MLflow tracking URI (env MLFLOW_TRACKING_URI; default sqlite:///mlruns.db)"
+    )
+    experiment_name: str = _opt("finlora", "MLflow experiment")
+    run_name: str | None = _opt(None, "MLflow run name (default: generated)")
+    register_model: str | None = _opt(
+        None, "register the trained model under this name in the MLflow Model Registry"
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +155,13 @@ class TrainConfig:
         """Reject settings that cannot work, with the fix in the message."""
         if self.loss not in LOSSES:
             raise FinloraError(f"--loss {self.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise FinloraError(
+                f"--problem_type {self.problem_type!r} is unknown; use one of "
+                f"{', '.join(PROBLEM_TYPES)}"
+            )
+        if self.label_delimiter is not None and self.label_columns:
+            raise FinloraError("give either --label_delimiter or --label_columns, not both")
         for name in ("validation_size", "test_size"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -121,9 +177,107 @@ class TrainConfig:
             raise FinloraError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.data and self.dataset:
             raise FinloraError("give either --data FILE or --dataset NAME, not both")
+        if self.use_s3 != bool(self.s3_bucket):
+            raise FinloraError("--use_s3 True and --s3_bucket BUCKET go together; give both")
+        unknown = sorted(set(self.report_to or []) - {"mlflow", "none"})
+        if unknown:
+            raise FinloraError(f"--report_to {','.join(unknown)} is unknown; use mlflow or none")
+        if self.register_model and not self.tracks_mlflow:
+            raise FinloraError("--register_model needs MLflow tracking: add --mlflow")
+
+    @property
+    def tracks_mlflow(self) -> bool:
+        return self.mlflow or "mlflow" in (self.report_to or [])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+STRATEGIES = ("full", "lora", "baseline")
+# Settings of a comparison that every strategy must share (the data and its split).
+SHARED_KEYS = (
+    "dataset",
+    "data",
+    "data_dir",
+    "text_column",
+    "label_column",
+    "labels",
+    "validation_size",
+    "test_size",
+    "imbalance_threshold",
+)
+
+
+@dataclass
+class CompareConfig:
+    """What to compare, on which data; each field is a `finlora compare --flag`."""
+
+    dataset: str | None = _opt(None, "named dataset (default phrasebank_allagree without --data)")
+    data: str | None = _opt(None, "labelled data file instead of --dataset")
+    data_dir: str | None = _opt(None, "where named datasets live (env FINLORA_DATA_DIR)")
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    labels: list[str] | None = _opt(None, "label names in class-id order, comma-separated")
+    validation_size: float = _opt(0.1, "fraction held out for model selection (also per fold)")
+    test_size: float = _opt(0.1, "fraction held out for the test report (single split only)")
+    imbalance_threshold: float = _opt(1.5, "max/min class ratio above which splits stratify")
+    strategies: list[str] | None = _opt(None, "comma-separated subset of full,lora,baseline")
+    lora_config: str = _opt("config/phrasebank_lora.yaml", "recipe of the LoRA runs")
+    full_config: str = _opt("config/phrasebank_full.yaml", "recipe of the full fine-tuning runs")
+    model_name: str | None = _opt(None, "encoder for both transformer runs (default: recipes')")
+    train_overrides: list[str] | None = _opt(
+        None, "KEY=VALUE,... applied to both transformer recipes, e.g. epochs=2,max_length=64"
+    )
+    folds: int = _opt(0, "stratified K-fold cross-validation with K folds (0: one split)")
+    seeds: int = _opt(1, "training seeds per split/fold: seed, seed+1, ...")
+    seed: int = _opt(42, "seed of the split/folds and first training seed")
+    bootstrap: int = _opt(1000, "bootstrap resamples for the 95% interval of test macro-F1")
+    output_dir: str = _opt("reports/compare", "where runs, report and plots are written")
+
+    def __post_init__(self) -> None:
+        self.strategies = list(self.strategies or STRATEGIES)
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or len(set(self.strategies)) != len(self.strategies):
+            raise FinloraError(
+                f"--strategies {','.join(self.strategies)} is invalid; "
+                f"use a comma-separated subset of {','.join(STRATEGIES)}"
+            )
+        if self.folds == 1 or self.folds < 0:
+            raise FinloraError(f"--folds must be 0 (one split) or at least 2, got {self.folds}")
+        if self.seeds < 1:
+            raise FinloraError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.folds == 0 and self.test_size <= 0:
+            raise FinloraError("--test_size must be positive: the comparison is on the test set")
+        self.data_config()  # validates the shared data settings early
+
+    def data_config(self) -> TrainConfig:
+        """The data and split settings as a TrainConfig (what `prepare_data` reads)."""
+        return TrainConfig(**{key: getattr(self, key) for key in SHARED_KEYS}, seed=self.seed)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+@dataclass
+class ProfileConfig:
+    """What `finlora profile` describes; each field is a `finlora profile --flag`."""
+
+    dataset: str | None = _opt(None, "named dataset (default phrasebank_allagree without --data)")
+    data: str | None = _opt(None, "labelled data file instead of --dataset")
+    data_dir: str | None = _opt(None, "where named datasets live (env FINLORA_DATA_DIR)")
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    model_name: str = _opt(DEFAULT_MODEL, "tokenizer used to count tokens")
+    max_length: int = _opt(128, "the training max_length: longer texts get truncated")
+    top_tokens: int = _opt(15, "most frequent words listed per class")
+    output_dir: str = _opt("reports/profile", "where profile.md, profile.json and plots go")
+
+    def __post_init__(self) -> None:
+        if self.data and self.dataset:
+            raise FinloraError("give either --data FILE or --dataset NAME, not both")
+        if self.max_length < 1 or self.top_tokens < 1:
+            raise FinloraError("--max_length and --top_tokens must be at least 1")
 
 
 def field_types(cls: type = TrainConfig) -> dict[str, type]:

@@ -1,7 +1,8 @@
-"""Loss modules and class weights for imbalanced single-label classification."""
+"""Loss modules and class weights for imbalanced single- and multi-label classification."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -71,15 +72,91 @@ class FocalLoss(nn.Module):
         return (alpha_t * loss).sum() / alpha_t.sum()
 
 
-def resolve_loss_name(loss: str, imbalanced: bool) -> str:
+def pos_weights(positives: Sequence[int], total: int, scheme: str) -> list[float] | None:
+    """Per-label `pos_weight` of `BCEWithLogitsLoss` from training label frequencies.
+
+    - `balanced`: negatives / positives, so each label's positives weigh as much as its
+      negatives (PyTorch's recommendation);
+    - `sqrt`: the square root of that, a gentler push for very rare labels;
+    - `none`: no weights; `w1,w2,...`: given explicitly, one per label.
+
+    A label with no positive training example gets 1.0.
+    """
+    positives = [int(c) for c in positives]
+    if scheme == "none":
+        return None
+    if scheme in ("balanced", "sqrt"):
+        # A label without positives has nothing to up-weight (prepare_data warns about it).
+        ratios = [(total - c) / c if c else 1.0 for c in positives]
+        return [math.sqrt(r) for r in ratios] if scheme == "sqrt" else ratios
+    return class_weights(positives, scheme)
+
+
+class MultiLabelFocalLoss(nn.Module):
+    """Sigmoid focal loss per label: binary cross-entropy scaled by (1 - p_t)^gamma.
+
+    `pos_weight` multiplies the positive term as in `BCEWithLogitsLoss`; with gamma = 0 this
+    is exactly `BCEWithLogitsLoss(pos_weight=...)` (mean over rows and labels).
+    """
+
+    def __init__(self, gamma: float = 2.0, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise FinloraError(f"--focal_gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.register_buffer("pos_weight", pos_weight if pos_weight is None else pos_weight.float())
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+        p = log_p.exp()
+        positive = -((1.0 - p) ** self.gamma) * log_p
+        negative = -(p**self.gamma) * log_not_p
+        if self.pos_weight is not None:
+            positive = positive * self.pos_weight.to(logits.device)
+        return (target * positive + (1.0 - target) * negative).mean()
+
+
+def resolve_loss_name(loss: str, imbalanced: bool, multi_label: bool = False) -> str:
+    if multi_label:
+        if loss in ("ce", "weighted_ce"):
+            raise FinloraError(
+                f"--loss {loss} is for single-label data; multi-label takes bce, weighted_bce "
+                "or focal"
+            )
+        return "weighted_bce" if loss == "auto" else loss
+    if loss in ("bce", "weighted_bce"):
+        raise FinloraError(
+            f"--loss {loss} is for multi-label data; single-label takes ce, weighted_ce or focal "
+            "(or set --problem_type multi_label)"
+        )
     if loss == "auto":
         return "weighted_ce" if imbalanced else "ce"
     return loss
 
 
-def build_loss(loss: str, weights: Sequence[float] | None, focal_gamma: float = 2.0) -> nn.Module:
-    """The loss module for a resolved loss name (`ce`, `weighted_ce`, `focal`)."""
+def build_loss(
+    loss: str,
+    weights: Sequence[float] | None,
+    focal_gamma: float = 2.0,
+    multi_label: bool = False,
+) -> nn.Module:
+    """The loss module for a resolved loss name.
+
+    Single-label: `ce`, `weighted_ce`, `focal` with class weights. Multi-label: `bce`,
+    `weighted_bce`, `focal` with per-label `pos_weight`.
+    """
     weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
+    if multi_label:
+        if loss == "bce":
+            return nn.BCEWithLogitsLoss()
+        if loss == "weighted_bce":
+            if weight is None:
+                raise FinloraError("--loss weighted_bce needs pos_weight; not --class_weights none")
+            return nn.BCEWithLogitsLoss(pos_weight=weight)
+        if loss == "focal":
+            return MultiLabelFocalLoss(gamma=focal_gamma, pos_weight=weight)
+        raise FinloraError(f"unknown multi-label loss {loss!r}")
     if loss == "ce":
         return nn.CrossEntropyLoss()
     if loss == "weighted_ce":

@@ -74,15 +74,22 @@ def load_tokenizer(name: str):
     return _load(AutoTokenizer.from_pretrained, name)
 
 
-def load_classifier(name: str, labels: list[str]) -> PreTrainedModel:
-    """An `AutoModelForSequenceClassification` with a fresh head for `labels`."""
+def load_classifier(
+    name: str, labels: list[str], problem_type: str = "single_label"
+) -> PreTrainedModel:
+    """An `AutoModelForSequenceClassification` with a fresh head for `labels`.
+
+    `problem_type` (`single_label` or `multi_label`) is saved in config.json, so any loader
+    knows whether to softmax or sigmoid the logits.
+    """
+    labels = list(labels)
     model = _load(
         AutoModelForSequenceClassification.from_pretrained,
         name,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={lab: i for i, lab in enumerate(labels)},
-        problem_type="single_label_classification",
+        problem_type=f"{problem_type}_classification",
     )
     return model
 

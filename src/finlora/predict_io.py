@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,9 +16,11 @@ from tqdm.auto import tqdm
 
 from finlora.data.sources import read_frame, require_columns
 from finlora.errors import FinloraError
+from finlora.evaluation import apply_thresholds
 from finlora.predictor import Predictor
 
 CHUNK_ROWS = 4096
+MULTI_LABEL_SEPARATOR = "|"
 
 
 def iter_chunks(
@@ -85,18 +88,33 @@ class _Writer:
 
 
 def predict_file(
-    predictor: Predictor, input_path: str | Path, text_column: str, output: str | None
+    predictor: Predictor,
+    input_path: str | Path,
+    text_column: str,
+    output: str | None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> int:
-    """Score every row; write input columns + `label` + `prob_<class>`; return rows scored."""
+    """Score every row; write input columns + `label` + `prob_<class>`; return rows scored.
+
+    Multi-label models write `labels` (the predicted labels joined by "|", empty when none
+    applies) and `prob_<label>` sigmoid scores.
+    """
     writer = _Writer(output) if output else None
     rows = 0
     ok = False
     try:
         with tqdm(desc="predict", unit="text", disable=None, file=sys.stderr) as bar:
-            for chunk in iter_chunks(input_path, text_column):
+            for chunk in iter_chunks(input_path, text_column, chunk_rows):
                 probs = predictor.probabilities(chunk[text_column].fillna("").astype(str).tolist())
                 scored = chunk.reset_index(drop=True).copy()
-                scored["label"] = [predictor.labels[i] for i in probs.argmax(-1)]
+                if predictor.multi_label:
+                    hits = apply_thresholds(probs, predictor.thresholds)
+                    scored["labels"] = [
+                        MULTI_LABEL_SEPARATOR.join(np.asarray(predictor.labels)[row == 1])
+                        for row in hits
+                    ]
+                else:
+                    scored["label"] = [predictor.labels[i] for i in probs.argmax(-1)]
                 for j, name in enumerate(predictor.labels):
                     scored[f"prob_{name}"] = probs[:, j]
                 if writer:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import platform
 import resource
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -21,21 +25,39 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from finlora import __version__
 from finlora.artifacts import (
     ADAPTER_DIR,
     RESOLVED_CONFIG,
     RESULTS,
+    THRESHOLDS,
     TRAINING_ARGS,
     atomic_output_dir,
+    check_output_parent,
     write_json,
     write_model_card,
 )
 from finlora.config import TrainConfig, save_config
 from finlora.data import PreparedData, prepare_data
-from finlora.evaluation import classification_report, format_report, macro_f1_metrics
-from finlora.losses import build_loss, class_weights, resolve_loss_name
+from finlora.distributed import (
+    batch_layout,
+    check_same_data_on_all_ranks,
+    ddp_backend,
+    is_main_process,
+)
+from finlora.errors import FinloraError
+from finlora.evaluation import (
+    classification_report,
+    format_multilabel_report,
+    format_report,
+    macro_f1_metrics,
+    multilabel_metrics,
+    multilabel_report,
+    tune_thresholds,
+)
+from finlora.losses import build_loss, class_weights, pos_weights, resolve_loss_name
 from finlora.modeling import (
     apply_lora,
     check_only_adapters_train,
@@ -67,18 +89,21 @@ class WeightedLossTrainer(Trainer):
 
 
 class EncodedTexts(Dataset):
-    """Tokenized texts (unpadded; the collator pads each batch) with their class ids."""
+    """Tokenized texts (unpadded; the collator pads each batch) with their targets.
 
-    def __init__(self, tokenizer, texts: Sequence[str], label_ids: Sequence[int], max_length: int):
+    A target is a class id, or a multi-hot row of floats for multi-label.
+    """
+
+    def __init__(self, tokenizer, texts: Sequence[str], targets: Sequence, max_length: int):
         self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
-        self.label_ids = list(label_ids)
+        self.targets = list(targets)
 
     def __len__(self) -> int:
-        return len(self.label_ids)
+        return len(self.targets)
 
     def __getitem__(self, i: int) -> dict:
         item = {key: values[i] for key, values in self.encodings.items()}
-        item["labels"] = self.label_ids[i]
+        item["labels"] = self.targets[i]
         return item
 
 
@@ -94,13 +119,15 @@ class EpochSummary(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
+        second = "micro_f1" if "eval_micro_f1" in metrics else "accuracy"
         log.info(
-            "epoch %.0f/%.0f: train loss %s | validation macro-F1 %.4f, accuracy %.4f",
+            "epoch %.0f/%.0f: train loss %s | validation macro-F1 %.4f, %s %.4f",
             state.epoch or 0,
             args.num_train_epochs,
             f"{self.train_loss:.4f}" if self.train_loss is not None else "-",
             metrics.get("eval_macro_f1", float("nan")),
-            metrics.get("eval_accuracy", float("nan")),
+            second.replace("_f1", "-F1"),
+            metrics.get(f"eval_{second}", float("nan")),
         )
 
 
@@ -166,15 +193,29 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
             ("eval_loss", "validation_loss"),
             ("eval_macro_f1", "macro_f1"),
             ("eval_accuracy", "accuracy"),
+            ("eval_micro_f1", "micro_f1"),
+            ("eval_macro_f1_at_0.5", "macro_f1_at_0.5"),
         ):
             if key in entry:
                 row[name] = entry[key]
     return [row for _, row in sorted(epochs.items()) if "macro_f1" in row]
 
 
+def resolve_loss(config: TrainConfig, data: PreparedData) -> tuple[str, list[float] | None]:
+    """The loss name and its weights: class weights, or per-label pos_weight for multi-label."""
+    loss_name = resolve_loss_name(config.loss, data.imbalanced, data.multi_label)
+    if loss_name in ("weighted_bce", "focal") and data.multi_label:
+        counts = data.class_counts("train")
+        return loss_name, pos_weights(counts, len(data.train), config.class_weights)
+    if loss_name in ("weighted_ce", "focal"):
+        return loss_name, class_weights(data.class_counts("train"), config.class_weights)
+    return loss_name, None
+
+
 def training_arguments(
-    config: TrainConfig, precision: str, checkpoint_dir: str
+    config: TrainConfig, precision: str, checkpoint_dir: str, resumable: bool = False
 ) -> TrainingArguments:
+    """Hugging Face settings; `resumable` keeps optimizer, scheduler and RNG state per epoch."""
     return TrainingArguments(
         output_dir=checkpoint_dir,
         num_train_epochs=config.epochs,
@@ -190,13 +231,14 @@ def training_arguments(
         save_strategy="epoch",
         logging_strategy="epoch",
         save_total_limit=1,
-        save_only_model=True,
+        save_only_model=not resumable,
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
+        ddp_backend=ddp_backend(),
         seed=config.seed,
         data_seed=config.seed,
         report_to=[],
@@ -206,15 +248,110 @@ def training_arguments(
     )
 
 
-def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
+CHECKPOINT_COMPLETE = "finlora_checkpoint_complete"
+CHECKPOINT_RUN = "finlora_run.json"
+# Settings that say where things live or are reported, not what is trained.
+NOT_TRAINING_SETTINGS = {
+    "data", "validation_data", "test_data", "data_dir", "output_dir", "checkpoint_dir",
+    "use_s3", "s3_bucket", "s3_key", "s3_endpoint_url", "mlflow", "report_to", "tracking_uri",
+    "experiment_name", "run_name", "register_model",
+}  # fmt: skip
+
+
+class MarkCheckpointComplete(TrainerCallback):
+    """Mark a checkpoint complete once the Trainer has written all of it (and rotated)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            (folder / CHECKPOINT_COMPLETE).write_text(f"{state.global_step}\n")
+
+
+def run_fingerprint(config: TrainConfig, data: PreparedData) -> str:
+    """What makes checkpoints reusable: the training settings and the data's content."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_TRAINING_SETTINGS}
+    hashes = {split: f.get("sha256") for split, f in data.info.get("files", {}).items()}
+    payload = json.dumps({"settings": settings, "data": hashes}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def resume_point(checkpoint_dir: Path, fingerprint: str, tidy: bool = True) -> Path | None:
+    """The latest complete checkpoint of this same run, after removing half-written ones.
+
+    Only one process may `tidy` (delete, record, re-point); the other ranks of a distributed
+    run just read.
+    """
+    run_file = checkpoint_dir / CHECKPOINT_RUN
+    if run_file.is_file() and json.loads(run_file.read_text())["fingerprint"] != fingerprint:
+        raise FinloraError(
+            f"--checkpoint_dir {checkpoint_dir} holds checkpoints of a different run (other "
+            "settings or data); use an empty --checkpoint_dir or delete that one"
+        )
+    if tidy:
+        run_file.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    complete = []
+    for folder in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if (folder / CHECKPOINT_COMPLETE).is_file():
+            complete.append(folder)
+        elif tidy:
+            log.warning("removing half-written checkpoint %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    if not complete:
+        return None
+    latest = max(complete, key=checkpoint_step)
+    # The best checkpoint is recorded as an absolute path; the directory may have moved
+    # (downloaded from S3, restored by SageMaker), so point it at this copy.
+    state_file = latest / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    if tidy and state.get("best_model_checkpoint"):
+        state["best_model_checkpoint"] = str(
+            checkpoint_dir / Path(state["best_model_checkpoint"]).name
+        )
+        state_file.write_text(json.dumps(state, indent=2))
+    log.info("resuming from %s (step %d)", latest, checkpoint_step(latest))
+    return latest
+
+
+@contextlib.contextmanager
+def checkpoint_space(checkpoint_dir: str | Path | None) -> Iterator[Path]:
+    """The given checkpoint directory (kept), or a temporary one for a non-resumable run."""
+    if checkpoint_dir is None:
+        with tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as tmp:
+            yield Path(tmp)
+        return
+    path = Path(checkpoint_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+
+
+def train(
+    config: TrainConfig,
+    data: PreparedData | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict | None:
     """Train, select on validation macro-F1, test, and write the artifacts atomically.
 
-    Returns the `final_results.json` payload.
+    Returns the `final_results.json` payload; under a distributed launcher only rank 0
+    writes artifacts and gets it, the other ranks return None. `output_dir` and
+    `checkpoint_dir` (local paths) override the config's, for callers that stage remote
+    locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
     """
+    output_dir = output_dir or config.output_dir
+    checkpoint_dir = checkpoint_dir or config.checkpoint_dir
+    main_process = is_main_process()
+    if main_process:
+        check_output_parent(output_dir)  # fail before training, not after it
     set_seed(config.seed)
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
-    model = load_classifier(config.model_name, data.labels)
+    model = load_classifier(config.model_name, data.labels, data.problem_type)
     if config.use_lora:
         model = apply_lora(
             model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
@@ -222,72 +359,86 @@ def train(config: TrainConfig, data: PreparedData | None = None) -> dict:
         check_only_adapters_train(model)
     params = log_parameter_report(model)
 
-    loss_name = resolve_loss_name(config.loss, data.imbalanced)
-    weights = None
-    if loss_name in ("weighted_ce", "focal"):
-        weights = class_weights(data.class_counts("train"), config.class_weights)
-    loss_fn = build_loss(loss_name, weights, config.focal_gamma)
+    loss_name, weights = resolve_loss(config, data)
+    loss_fn = build_loss(loss_name, weights, config.focal_gamma, data.multi_label)
     log.info(
         "loss: %s%s",
         loss_name,
-        f" with class weights {dict(zip(data.labels, (round(w, 3) for w in weights)))}"
+        f" with {'pos_weight' if data.multi_label else 'class weights'} "
+        f"{dict(zip(data.labels, (round(w, 3) for w in weights)))}"
         if weights
         else "",
     )
     precision = precision_policy(config.fp16, config.bf16)
 
     train_set = EncodedTexts(
-        tokenizer, data.train["text"], data.label_ids("train"), config.max_length
+        tokenizer, data.train["text"], data.targets("train"), config.max_length
     )
     validation_set = EncodedTexts(
-        tokenizer, data.validation["text"], data.label_ids("validation"), config.max_length
+        tokenizer, data.validation["text"], data.targets("validation"), config.max_length
     )
-    callbacks: list[TrainerCallback] = [EpochSummary()]
+    resumable = checkpoint_dir is not None
+    trainer_callbacks: list[TrainerCallback] = [EpochSummary(), MarkCheckpointComplete()]
     if config.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+        trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+    trainer_callbacks += callbacks
 
-    with (
-        atomic_output_dir(config.output_dir) as staging,
-        tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as checkpoints,
-    ):
-        args = training_arguments(config, precision, checkpoints)
+    # Each rank has its own checkpoint dir; only rank 0 saves into its own and loads the best
+    # checkpoint back at the end, and only rank 0's model is written out.
+    with checkpoint_space(checkpoint_dir) as checkpoints:
+        resume = None
+        if resumable:
+            resume = resume_point(checkpoints, run_fingerprint(config, data), tidy=main_process)
+        args = training_arguments(config, precision, str(checkpoints), resumable)
         trainer = WeightedLossTrainer(
             model=model,
             args=args,
             train_dataset=train_set,
             eval_dataset=validation_set,
             data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=macro_f1_metrics,
-            callbacks=callbacks,
+            compute_metrics=multilabel_metrics if data.multi_label else macro_f1_metrics,
+            callbacks=trainer_callbacks,
             loss_fn=loss_fn,
         )
+        layout = batch_layout(config.batch_size, config.gradient_accumulation_steps)
+        check_same_data_on_all_ranks(data, weights)
         log.info(
-            "training %s on %d examples: %s epochs, batch %d, lr %g, %s, %s",
+            "training %s on %d examples: %s epochs, batch %d per device x %d accumulation x "
+            "%d process(es) = %d per step, lr %g, %s, %s",
             "LoRA" if config.use_lora else "all parameters",
             len(train_set),
             config.epochs,
             config.batch_size,
+            config.gradient_accumulation_steps,
+            layout["world_size"],
+            layout["global_batch_size"],
             config.learning_rate,
             precision,
             device_name(),
         )
         started = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_seconds = time.perf_counter() - started
+        if not main_process:
+            return None
 
-        results = write_artifacts(
-            staging,
-            trainer,
-            tokenizer,
-            config,
-            data,
-            params,
-            precision,
-            train_seconds,
-            loss_name,
-            weights,
-        )
-    log.info("artifacts written to %s", config.output_dir)
+        # The staging dir exists only while writing, so a rank killed during training
+        # leaves nothing behind next to the output dir.
+        with atomic_output_dir(output_dir) as staging:
+            results = write_artifacts(
+                staging,
+                trainer,
+                tokenizer,
+                config,
+                data,
+                params,
+                precision,
+                train_seconds,
+                loss_name,
+                weights,
+                layout,
+            )
+    log.info("artifacts written to %s", output_dir)
     return results
 
 
@@ -302,6 +453,7 @@ def write_artifacts(
     train_seconds: float,
     loss_name: str,
     weights: list[float] | None,
+    layout: dict,
 ) -> dict:
     """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report."""
     model = trainer.model
@@ -316,18 +468,23 @@ def write_artifacts(
     save_config(config, staging / RESOLVED_CONFIG)
 
     predictor = Predictor(merged, tokenizer, config.max_length, config.eval_batch_size)
-    validation = classification_report(
-        data.label_ids("validation"), predictor.predict_ids(data.validation["text"]), data.labels
-    )
-    test = None
-    if not data.test.empty:
-        test = classification_report(
-            data.label_ids("test"), predictor.predict_ids(data.test["text"]), data.labels
+    if data.multi_label:
+        validation, test = multilabel_evaluation(staging, predictor, data)
+    else:
+        validation = classification_report(
+            data.label_ids("validation"),
+            predictor.predict_ids(data.validation["text"]),
+            data.labels,
         )
-        log.info("\n%s", format_report(test, "test"))
+        test = None
+        if not data.test.empty:
+            test = classification_report(
+                data.label_ids("test"), predictor.predict_ids(data.test["text"]), data.labels
+            )
+            log.info("\n%s", format_report(test, "test"))
     history = epoch_history(trainer.state.log_history)
     results = {
-        "task": "single_label",
+        "task": data.problem_type,
         "labels": data.labels,
         "base_model": config.model_name,
         "strategy": "lora" if config.use_lora else "full",
@@ -341,12 +498,50 @@ def write_artifacts(
         "train_seconds": round(train_seconds, 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "device": device_name(),
+        "distributed": layout,
         "precision": precision,
         "seed": config.seed,
-        "loss": {"name": loss_name, "class_weights": weights, "focal_gamma": config.focal_gamma},
+        "loss": {
+            "name": loss_name,
+            "pos_weight" if data.multi_label else "class_weights": weights,
+            "focal_gamma": config.focal_gamma,
+        },
         "data": data.info,
         "versions": library_versions(),
     }
     write_json(staging / RESULTS, results)
     write_model_card(staging, results)
     return results
+
+
+def multilabel_evaluation(
+    staging: Path, predictor: Predictor, data: PreparedData
+) -> tuple[dict, dict | None]:
+    """Tune per-label thresholds on validation, save them, report validation and test."""
+    scores = predictor.probabilities(data.validation["text"])
+    truth = data.label_matrix("validation")
+    predictor.thresholds = tune_thresholds(truth, scores)
+    write_json(
+        staging / THRESHOLDS,
+        {
+            "labels": data.labels,
+            "thresholds": dict(zip(data.labels, predictor.thresholds)),
+            "tuned_on": "validation",
+            "validation_positives": dict(zip(data.labels, truth.sum(axis=0).astype(int).tolist())),
+        },
+    )
+    log.info("thresholds: %s", {k: round(v, 3) for k, v in zip(data.labels, predictor.thresholds)})
+    validation = multilabel_report(
+        truth, predictor.predict_label_matrix(data.validation["text"]), data.labels,
+        predictor.thresholds,
+    )  # fmt: skip
+    if data.test.empty:
+        return validation, None
+    test = multilabel_report(
+        data.label_matrix("test"),
+        predictor.predict_label_matrix(data.test["text"]),
+        data.labels,
+        predictor.thresholds,
+    )
+    log.info("\n%s", format_multilabel_report(test, "test"))
+    return validation, test

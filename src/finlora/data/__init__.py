@@ -1,5 +1,5 @@
-"""Data stage: read, clean and split labelled text (see `prepare_data`)."""
+"""Data stage: read, clean and split labelled text (see `prepare_data`, `prepare_folds`)."""
 
-from finlora.data.prepare import PreparedData, prepare_data
+from finlora.data.prepare import PreparedData, prepare_data, prepare_folds
 
-__all__ = ["PreparedData", "prepare_data"]
+__all__ = ["PreparedData", "prepare_data", "prepare_folds"]

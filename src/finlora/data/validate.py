@@ -28,22 +28,32 @@ class CleaningReport:
         return asdict(self)
 
 
+def is_multi_label(frame: pd.DataFrame) -> bool:
+    """Labels held as lists (see `read_labelled`) mean a multi-label task."""
+    return bool(len(frame)) and isinstance(frame["label"].iloc[0], (list, tuple))
+
+
 def clean(frame: pd.DataFrame, source: str = "data") -> tuple[pd.DataFrame, CleaningReport]:
     """Drop empty texts and missing labels, de-duplicate exact texts, drop conflicting ones.
 
     A text that appears with two different labels cannot be learned or scored fairly, so
     every copy of it is dropped (and reported); a text repeated with one label is kept once,
-    which is what keeps the same sentence out of both train and test.
+    which is what keeps the same sentence out of both train and test. Multi-label rows keep
+    their labels as a sorted tuple; an empty tuple (no label applies) is a valid row.
     """
     report = CleaningReport(rows_read=len(frame))
+    multi_label = is_multi_label(frame)
     text = frame["text"].astype("string").str.strip()
     empty = text.isna() | (text == "")
     report.empty_texts_dropped = int(empty.sum())
-    frame = pd.DataFrame({"text": text, "label": frame["label"]})[~empty]
+    frame = pd.DataFrame({"text": text, **{c: frame[c] for c in frame if c != "text"}})[~empty]
 
-    missing = frame["label"].isna() | (frame["label"].astype("string").str.strip() == "")
-    report.missing_labels_dropped = int(missing.sum())
-    frame = frame[~missing].assign(label=lambda f: f["label"].astype(str).str.strip())
+    if multi_label:
+        frame = frame.assign(label=frame["label"].map(lambda labels: tuple(sorted(set(labels)))))
+    else:
+        missing = frame["label"].isna() | (frame["label"].astype("string").str.strip() == "")
+        report.missing_labels_dropped = int(missing.sum())
+        frame = frame[~missing].assign(label=lambda f: f["label"].astype(str).str.strip())
 
     labels_per_text = frame.groupby("text", sort=False)["label"].nunique()
     conflicting = labels_per_text[labels_per_text > 1].index
@@ -82,9 +92,17 @@ def clean(frame: pd.DataFrame, source: str = "data") -> tuple[pd.DataFrame, Clea
     return frame, report
 
 
+def label_names(frame: pd.DataFrame) -> set[str]:
+    """Every label that occurs: the classes, or the union of the multi-label sets."""
+    if is_multi_label(frame):
+        return {name for labels in frame["label"] for name in labels}
+    return set(frame["label"])
+
+
 def resolve_labels(frame: pd.DataFrame, labels: list[str] | None) -> list[str]:
     """The class names in id order: `--labels` if given, else sorted (numerically if numbers)."""
-    present = sorted(set(frame["label"]))
+    present = sorted(label_names(frame))
+    minimum = 1 if is_multi_label(frame) else 2
     if labels:
         if len(set(labels)) != len(labels):
             raise FinloraError(f"--labels has repeated names: {','.join(labels)}")
@@ -98,16 +116,16 @@ def resolve_labels(frame: pd.DataFrame, labels: list[str] | None) -> list[str]:
     else:
         numeric = all(lab.lstrip("-").isdigit() for lab in present)
         ordered = sorted(present, key=int) if numeric else present
-    if len(present) < 2:
+    if len(present) < minimum:
         raise FinloraError(
             f"the data has {len(present)} class(es) ({', '.join(present) or 'none'}); "
-            "classification needs at least 2: check --label_column"
+            f"classification needs at least {minimum}: check --label_column"
         )
     return ordered
 
 
 def check_known_labels(frame: pd.DataFrame, labels: list[str], source: str) -> None:
-    unknown = sorted(set(frame["label"]) - set(labels))
+    unknown = sorted(label_names(frame) - set(labels))
     if unknown:
         raise FinloraError(
             f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training "

@@ -1,0 +1,1 @@
+"""Cloud I/O: S3 locations, SageMaker containers and launches, spot-safe checkpoint sync."""

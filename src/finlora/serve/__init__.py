@@ -1,0 +1,1 @@
+"""The HTTP inference service (`finlora serve`): FastAPI app, settings, schemas."""

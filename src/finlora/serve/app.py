@@ -1,0 +1,273 @@
+"""The FastAPI inference service: model loaded once at start-up, inference on a worker thread.
+
+Routes: POST /v1/predict, GET /healthz (process up), GET /readyz (model loaded), GET /v1/model,
+GET /metrics (Prometheus text). Bad input is always a 4xx with a one-line `detail`.
+Run with `finlora serve --model DIR` or `uvicorn --factory finlora.serve.app:create_app`
+(settings then come from FINLORA_* environment variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from finlora import __version__
+from finlora.artifacts import EXPORT_INFO, read_json, read_results, require_model_dir
+from finlora.errors import FinloraError
+from finlora.predictor import Predictor, find_onnx_dir
+from finlora.serve.batching import MicroBatcher
+from finlora.serve.observability import (
+    REQUEST_ID,
+    Metrics,
+    RequestContextMiddleware,
+    RequestIdFilter,
+)
+from finlora.serve.schemas import ErrorResponse, PredictRequest, PredictResponse
+from finlora.serve.settings import ServeSettings, load_settings
+
+log = logging.getLogger("finlora.serve")
+
+ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"}
+
+
+class ApiError(Exception):
+    """A client error: becomes `{"detail": ..., "request_id": ...}` with this status."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def error_response(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail, "request_id": REQUEST_ID.get()}, status_code=status)
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    metrics = Metrics(ROUTES)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        predictor = await asyncio.to_thread(
+            Predictor.load,
+            settings.model_dir,
+            batch_size=settings.max_batch,
+            backend=settings.backend,
+            precision=settings.precision,
+            threads=settings.threads,
+        )
+        await asyncio.to_thread(predictor.predict, ["warm-up"])  # first call allocates
+        app.state.predictor = predictor
+        app.state.model_info = describe_model(settings, predictor)
+        app.state.batcher = MicroBatcher(
+            predictor, settings.max_batch, on_batch=metrics.batch_size.observe
+        )
+        app.state.batcher.start()
+        metrics.ready.set(1)
+        log.info(
+            "serving %s (%s %s, %s threads, labels %s)",
+            settings.model_dir,
+            predictor.backend,
+            predictor.precision,
+            app.state.model_info["threads"],
+            predictor.labels,
+        )
+        yield
+        metrics.ready.set(0)
+        await app.state.batcher.close()
+
+    app = FastAPI(
+        title="finlora",
+        version=__version__,
+        lifespan=lifespan,
+        responses={
+            400: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+    )
+    app.state.predictor = None
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error_response(422, validation_message(exc.errors()))
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(request: Request):
+        """Classify 1 to max_batch texts; overlong texts are truncated and flagged."""
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type.split(";")[0].lower():
+            raise ApiError(415, f"content-type {content_type!r} is not JSON; send application/json")
+        body = parse_json(await request.body())
+        try:
+            texts = PredictRequest.model_validate(body).texts
+        except ValidationError as exc:
+            raise ApiError(422, validation_message(exc.errors())) from None
+        if len(texts) > settings.max_batch:
+            raise ApiError(
+                422, f"{len(texts)} texts in one request; the limit is {settings.max_batch}"
+            )
+        predictions = await request.app.state.batcher.predict(texts)
+        for p in predictions:
+            metrics.predicted.labels(p["label"]).inc()
+        return Response(json.dumps({"predictions": predictions}), media_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz():
+        """The process is up (it may still be loading the model)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request):
+        """The model is loaded and requests will be served."""
+        if request.app.state.predictor is None:
+            return error_response(503, "model not loaded yet")
+        return {"status": "ready"}
+
+    @app.get("/v1/model")
+    async def model(request: Request):
+        """Labels, base model, training strategy, test metrics and export checksums."""
+        if request.app.state.predictor is None:
+            return error_response(503, "model not loaded yet")
+        return request.app.state.model_info
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise ApiError(400, 'empty request body; send JSON like {"texts": ["..."]}')
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
+
+
+def validation_message(errors: list[dict]) -> str:
+    """Pydantic's error list as one line: `texts.1: Input should be a valid string`."""
+    parts = []
+    for error in errors[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        message = error.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def describe_model(settings: ServeSettings, predictor: Predictor) -> dict:
+    """What /v1/model reports: enough to tell which model and export is answering."""
+    model_dir = Path(settings.model_dir)
+    onnx_dir = find_onnx_dir(model_dir)
+    results = read_results(model_dir) or (
+        read_results(model_dir.parent) if onnx_dir == model_dir else None
+    )
+    export = read_json(onnx_dir / EXPORT_INFO) if onnx_dir else None
+    test = (results or {}).get("test") or {}
+    runner = predictor.runner
+    return {
+        "model_dir": str(model_dir.resolve()),
+        "labels": predictor.labels,
+        "backend": predictor.backend,
+        "precision": predictor.precision,
+        "threads": getattr(runner, "threads", None),
+        "max_length": predictor.max_length,
+        "max_batch": settings.max_batch,
+        "base_model": (results or {}).get("base_model"),
+        "strategy": (results or {}).get("strategy"),
+        "test": {k: test[k] for k in ("macro_f1", "accuracy", "size") if k in test} or None,
+        "export": (
+            {
+                "opset": export["opset"],
+                "created_at": export["created_at"],
+                "files": {name: f["sha256"] for name, f in export["files"].items()},
+                "parity": export["parity"],
+            }
+            if export
+            else None
+        ),
+        "finlora_version": __version__,
+    }
+
+
+def configure_logging(level: str) -> None:
+    """Put the request ID into every log line."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for handler in root.handlers or [logging.StreamHandler()]:
+        handler.addFilter(RequestIdFilter())
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s", "%H:%M:%S"
+            )
+        )
+        if handler not in root.handlers:
+            root.addHandler(handler)
+
+
+def run(overrides: dict[str, Any]) -> None:
+    """`finlora serve`: validate settings and the model dir, then run uvicorn."""
+    import uvicorn
+
+    settings = load_settings(overrides)
+    if settings.backend != "torch" and find_onnx_dir(settings.model_dir) is None:
+        if settings.backend == "onnx":
+            raise FinloraError(
+                f"{settings.model_dir} has no ONNX export; run `finlora export --model "
+                f"{settings.model_dir} --format onnx` or use --backend torch"
+            )
+        log.warning("no ONNX export in %s; serving with the torch backend", settings.model_dir)
+    if settings.backend == "torch" or find_onnx_dir(settings.model_dir) is None:
+        require_model_dir(settings.model_dir)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,43 @@
+"""Service settings: `finlora serve` flags > environment variables `FINLORA_<NAME>` > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from finlora.errors import FinloraError
+
+
+class ServeSettings(BaseSettings):
+    """Everything the service reads at start-up (e.g. FINLORA_MODEL_DIR, FINLORA_THREADS)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FINLORA_", extra="ignore", protected_namespaces=()
+    )
+
+    model_dir: Path = Field(description="output dir of `finlora train` (or its onnx/ export)")
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    precision: Literal["auto", "fp32", "int8"] = "auto"
+    threads: int | None = Field(None, ge=1, description="inference threads; default all cores")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_batch: int = Field(64, ge=1, le=4096, description="most texts in one request")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> ServeSettings:
+    """Settings from the environment with `overrides` (command-line flags) on top."""
+    try:
+        return ServeSettings(**(overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise FinloraError(
+            f"invalid serve settings ({problems}); pass --model DIR or set FINLORA_MODEL_DIR, "
+            "see `finlora serve --help`"
+        ) from exc

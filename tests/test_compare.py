@@ -1,0 +1,236 @@
+"""`finlora compare` and `finlora profile` on a tiny in-process BERT and real PhraseBank lines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from finlora.artifacts import read_json
+from finlora.baseline import BaselineModel, train_baseline
+from finlora.cli import main
+from finlora.compare import bootstrap_macro_f1_ci, compare
+from finlora.config import CompareConfig, ProfileConfig, TrainConfig
+from finlora.data import prepare_data, prepare_folds
+from finlora.errors import FinloraError
+from finlora.evaluation import classification_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY_TRAINING = ["epochs=1", "batch_size=32", "max_length=48", "bf16=false"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_run():
+    """Each run is a spawned process; one torch thread each keeps tiny runs fast on busy cores."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+def settings(data, model, out, **changes) -> CompareConfig:
+    values = dict(
+        data=str(data),
+        model_name=str(model),
+        train_overrides=TINY_TRAINING,
+        output_dir=str(out),
+        bootstrap=200,
+    )
+    return CompareConfig(**{**values, **changes})
+
+
+def results(out, name):
+    return read_json(out / "runs" / name / "final_results.json")
+
+
+def assert_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, tiny_model_dir, phrasebank_slice):
+    out = tmp_path_factory.mktemp("compare") / "single"
+    config = settings(phrasebank_slice, tiny_model_dir, out)
+    return config, compare(config), out
+
+
+def test_every_strategy_trains_on_the_same_split(single):
+    _, _, out = single
+    runs = {s: results(out, f"{s}-seed42") for s in ("full", "lora", "baseline")}
+    fingerprints = {s: r["data"]["split_sha256"] for s, r in runs.items()}
+    assert fingerprints["full"] == fingerprints["lora"] == fingerprints["baseline"]
+    assert len(set(fingerprints["full"].values())) == 3  # train, validation, test differ
+    assert {r["test"]["size"] for r in runs.values()} == {30}
+    assert runs["full"]["strategy"] == "full" and runs["lora"]["strategy"] == "lora"
+
+
+def test_report_numbers_are_the_runs_numbers(single):
+    _, report, out = single
+    assert read_json(out / "report.json") == json.loads(json.dumps(report))
+    assert report["complete"] and report["runs_finished"] == 3
+    markdown = (out / "report.md").read_text()
+    for strategy in ("full", "lora", "baseline"):
+        run = results(out, f"{strategy}-seed42")
+        row = report["strategies"][strategy]
+        assert row["macro_f1"] == pytest.approx(run["test"]["macro_f1"])
+        assert row["accuracy"] == pytest.approx(run["test"]["accuracy"])
+        assert row["weighted_f1"] == pytest.approx(run["test"]["weighted_f1"])
+        assert row["trainable_params"] == run["trainable_params"]
+        assert row["train_seconds"] == run["train_seconds"]
+        assert row["peak_memory_mb"] == run["peak_memory_mb"]
+        assert row["per_class_f1"]["neutral"] == run["test"]["per_class"]["neutral"]["f1"]
+        assert row["inference_sentences_per_second"] > 0
+        assert row["macro_f1_ci95"][0] <= row["macro_f1"] <= row["macro_f1_ci95"][1]
+        assert row["artifact_dir"] == str(out / "runs" / f"{strategy}-seed42")
+        assert f"{row['macro_f1']:.4f}" in markdown
+    lora, full = report["strategies"]["lora"], report["strategies"]["full"]
+    assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
+
+
+def test_plots_are_readable_pngs(single):
+    _, _, out = single
+    for name in ("confusion_matrices.png", "learning_curves.png", "summary.png"):
+        assert_png(out / name)
+        assert f"]({name})" in (out / "report.md").read_text()
+
+
+def test_rerun_skips_finished_runs_and_redoes_missing_ones(single):
+    config, _, out = single
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/final_results.json")}
+    assert len(stamps) == 3
+    compare(config)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    import shutil
+
+    lora = out / "runs" / "lora-seed42" / "final_results.json"
+    shutil.rmtree(lora.parent)
+    report = compare(config)
+    assert lora.is_file() and report["complete"]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != lora)
+
+
+def test_an_output_dir_of_another_split_is_refused(single, tiny_model_dir, phrasebank_slice):
+    _, _, out = single
+    other = settings(phrasebank_slice, tiny_model_dir, out, test_size=0.2)
+    with pytest.raises(FinloraError, match="different split"):
+        compare(other)
+
+
+def test_folds_are_stratified_disjoint_and_cover_the_data(phrasebank_slice):
+    config = TrainConfig(data=str(phrasebank_slice))
+    folds = prepare_folds(config, 3)
+    tests = [set(f.test["text"]) for f in folds]
+    assert sum(map(len, tests)) == len(set().union(*tests)) == 299
+    for fold in folds:
+        train, validation, test = (set(fold.train["text"]), set(fold.validation["text"]),
+                                   set(fold.test["text"]))  # fmt: skip
+        assert not (train & validation or train & test or validation & test)
+        counts = fold.class_counts("test")
+        assert max(counts) - min(counts) <= 1  # the slice is balanced: 100/100/99
+        assert len(validation) == pytest.approx(30, abs=2)
+    assert prepare_folds(config, 3)[1].info["split_sha256"] == folds[1].info["split_sha256"]
+    with pytest.raises(FinloraError, match="at least 2"):
+        prepare_folds(config, 1)
+
+
+def test_cross_validation_reports_mean_and_std(tmp_path, tiny_model_dir, phrasebank_slice):
+    out = tmp_path / "cv"
+    config = settings(phrasebank_slice, tiny_model_dir, out, folds=2,
+                      strategies=["lora", "baseline"])  # fmt: skip
+    report = compare(config)
+    assert sorted(report["strategies"]) == ["baseline", "lora"]
+    for strategy in ("lora", "baseline"):
+        runs = [results(out, f"{strategy}-seed42-fold{k}") for k in (0, 1)]
+        row = report["strategies"][strategy]
+        scores = [r["test"]["macro_f1"] for r in runs]
+        assert row["n_runs"] == 2
+        assert row["macro_f1"] == pytest.approx(np.mean(scores))
+        assert row["macro_f1_std"] == pytest.approx(np.std(scores, ddof=1))
+        assert sum(r["test"]["size"] for r in runs) == 299
+        assert runs[0]["data"]["split_sha256"]["test"] != runs[1]["data"]["split_sha256"]["test"]
+    for k in (0, 1):
+        assert (results(out, f"lora-seed42-fold{k}")["data"]["split_sha256"]
+                == results(out, f"baseline-seed42-fold{k}")["data"]["split_sha256"])  # fmt: skip
+    assert " ± " in (out / "report.md").read_text()
+    assert_png(out / "learning_curves.png")
+
+
+def test_baseline_is_a_real_model(tmp_path, phrasebank_allagree):
+    data = prepare_data(TrainConfig(data=str(phrasebank_allagree)))
+    run = train_baseline(data, tmp_path / "baseline")
+    assert run["test"]["accuracy"] > 0.8 and run["test"]["macro_f1"] > 0.75  # chance: ~0.33
+    loaded = BaselineModel.load(tmp_path / "baseline")
+    again = classification_report(
+        data.label_ids("test"), loaded.predict_ids(data.test["text"]), data.labels
+    )
+    assert again["confusion_matrix"] == run["test"]["confusion_matrix"]
+
+
+def test_bootstrap_interval():
+    assert bootstrap_macro_f1_ci([[10, 0], [0, 10]], 100, 0) == [1.0, 1.0]
+    low, high = bootstrap_macro_f1_ci([[40, 10], [5, 45]], 500, 0)
+    assert low < 0.85 < high and high - low < 0.3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "--strategies", "full,svm"], "--strategies full,svm is invalid"),
+        (["compare", "--folds", "1"], "--folds must be 0"),
+        (["compare", "--train_overrides", "seed=3"], "cannot set seed"),
+        (["compare", "--train_overrides", "epoch=3"], "epoch is not a `finlora train` setting"),
+        (["compare", "--lora_config", "nope.yaml"], "config file nope.yaml does not exist"),
+    ],
+)
+def test_compare_usage_errors(argv, message, tmp_path, capsys, phrasebank_slice):
+    argv = [*argv, "--data", str(phrasebank_slice), "--output_dir", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["compare", "profile"])
+def test_help_lists_every_setting(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--output_dir" in out and "--data" in out
+    if command == "compare":
+        assert "--folds" in out and "95% interval" in out
+
+
+def test_profile(tmp_path, phrasebank_slice):
+    source = tmp_path / "data.csv"
+    lines = phrasebank_slice.read_text(encoding="iso-8859-1").splitlines()
+    rows = [line.rsplit("@", 1) for line in lines]
+    rows += [rows[0], rows[1], [rows[2][0], "neutral" if rows[2][1] != "neutral" else "positive"]]
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=["sentence", "tone"]).to_csv(source, index=False)
+    out = tmp_path / "profile"
+    assert main(["-q", "profile", "--data", str(source), "--text_column", "sentence",
+                 "--label_column", "tone", "--max_length", "24",
+                 "--output_dir", str(out)]) == 0  # fmt: skip
+    result = read_json(out / "profile.json")
+    assert result["rows_read"] == 303
+    # the slice itself repeats one sentence; the conflicting text is dropped in every copy
+    assert result["duplicates_dropped"] == 3 and result["conflicting_texts_dropped"] == 1
+    assert sum(result["class_counts"].values()) == result["rows_kept"] == 298
+    assert result["imbalance_ratio"] == pytest.approx(100 / 99, abs=1e-3)
+    assert result["class_counts"] == {"negative": 99, "neutral": 99, "positive": 100}
+    lengths = result["token_lengths"]
+    assert 0 < lengths["truncated_share"] < 1 and lengths["max_length"] == 24
+    assert lengths["p50"] <= lengths["p95"] <= lengths["max"]
+    positive = [r["word"] for r in result["distinctive_words"]["positive"]]
+    assert {"rose", "increased"} & set(positive)
+    assert all(len(result["frequent_words"][lab]) == 15 for lab in result["labels"])
+    for name in ("class_counts.png", "token_lengths.png", "distinctive_words.png"):
+        assert_png(out / name)
+    assert "3 exact duplicates, 1 texts with conflicting labels" in (out / "profile.md").read_text()
+    with pytest.raises(FinloraError, match="not both"):
+        ProfileConfig(data="x.csv", dataset="phrasebank_allagree")

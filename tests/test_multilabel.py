@@ -1,0 +1,153 @@
+"""Multi-label end to end on a tiny BERT and real CLAUDETTE sentences: train, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from transformers import AutoConfig
+
+from finlora.cli import main
+from finlora.predictor import Predictor
+
+DOCUMENTS = ["Atlas", "Moves-app", "Crowdtangle", "Twitter", "Skyscanner", "Netflix"]
+
+
+@pytest.fixture(scope="module")
+def claudette_slice(tmp_path_factory, claudette_dir):
+    """Six real Terms of Service in the CLAUDETTE layout (a copy: tests never write the data)."""
+    root = claudette_dir
+    out = tmp_path_factory.mktemp("claudette")
+    for folder in ["Sentences", *(p.name for p in root.glob("Labels_*"))]:
+        (out / folder).mkdir()
+        for doc in DOCUMENTS:
+            shutil.copy(root / folder / f"{doc}.txt", out / folder / f"{doc}.txt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir, claudette_slice):
+    out = tmp_path_factory.mktemp("ml") / "run"
+    code = main(
+        [
+            "-q", "train",
+            "--data", str(claudette_slice),
+            "--model_name", str(tiny_model_dir),
+            "--epochs", "1",
+            "--batch_size", "32",
+            "--learning_rate", "0.005",
+            "--max_length", "40",
+            "--validation_size", "0.34",
+            "--test_size", "0.34",
+            "--class_weights", "sqrt",
+            "--output_dir", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_artifacts_of_a_multilabel_run(run):
+    results = json.loads((run / "final_results.json").read_text())
+    labels = ["A", "CH", "CR", "J", "LAW", "LTD", "TER", "USE"]
+    assert results["task"] == "multi_label" and results["labels"] == labels
+    assert AutoConfig.from_pretrained(run).problem_type == "multi_label_classification"
+    assert results["loss"]["name"] == "weighted_bce" and len(results["loss"]["pos_weight"]) == 8
+    assert results["data"]["split_strategy"] == "group stratified"
+    groups = results["data"]["groups"]
+    assert sorted(sum(groups.values(), [])) == sorted(DOCUMENTS)
+    assert all(len(docs) == 2 for docs in groups.values())
+    test = results["test"]
+    for key in ("micro_f1", "macro_f1", "lexglue", "per_label", "thresholds", "subset_accuracy"):
+        assert key in test
+    assert set(test["per_label"]) == set(labels)
+    assert sum(row["support"] for row in test["per_label"].values()) > 0
+    assert test["rows_without_label"]["true"] > 0  # fair clauses stay in the data
+    thresholds = json.loads((run / "thresholds.json").read_text())
+    assert thresholds["tuned_on"] == "validation"
+    assert test["thresholds"] == pytest.approx(thresholds["thresholds"], abs=1e-6)
+    for label, positives in thresholds["validation_positives"].items():
+        if positives == 0:
+            assert thresholds["thresholds"][label] == 0.5
+    assert "macro_f1_at_0.5" in results["history"][0]
+
+
+def test_predictor_uses_the_saved_thresholds(run):
+    predictor = Predictor.load(run)
+    saved = json.loads((run / "thresholds.json").read_text())["thresholds"]
+    assert predictor.multi_label
+    assert predictor.thresholds == [saved[lab] for lab in predictor.labels]
+    texts = ["we may terminate your account at any time without notice .", "welcome ."]
+    scores = predictor.probabilities(texts)
+    assert scores.shape == (2, 8) and ((scores > 0) & (scores < 1)).all()
+    assert not np.allclose(scores.sum(axis=1), 1.0)  # sigmoid per label, not softmax
+    records = predictor.predict(texts)
+    for record, row in zip(records, scores):
+        expected = [lab for lab, s, t in zip(predictor.labels, row, predictor.thresholds) if s >= t]
+        assert record["labels"] == expected
+
+
+def test_evaluate_reproduces_the_test_metrics(run, tmp_path):
+    from finlora.config import TrainConfig
+    from finlora.data import prepare_data
+
+    results = json.loads((run / "final_results.json").read_text())
+    config = TrainConfig(data=results["data"]["source"], validation_size=0.34, test_size=0.34)
+    test = prepare_data(config).test
+    jsonl = tmp_path / "test.jsonl"
+    test.assign(label=test["label"].map(list)).to_json(jsonl, orient="records", lines=True)
+    assert main(["-q", "evaluate", "--model", str(run), "--data", str(jsonl),
+                 "--output", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["per_label"] == results["test"]["per_label"]
+    assert written["macro_f1"] == pytest.approx(results["test"]["macro_f1"])
+    # the same rows as 0/1 columns give the same report
+    columns = tmp_path / "test.csv"
+    wide = pd.DataFrame({"text": test["text"]})
+    for label in results["labels"]:
+        wide[label] = test["label"].map(lambda row, label=label: int(label in row))
+    wide.to_csv(columns, index=False)
+    assert main(["-q", "evaluate", "--model", str(run), "--data", str(columns),
+                 "--label_columns", ",".join(results["labels"]),
+                 "--output", str(tmp_path / "w.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "w.json").read_text())["per_label"] == written["per_label"]
+
+
+def test_predict_texts_and_file(run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run), "we may change these terms ."]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert set(record) == {"labels", "scores", "truncated"} and len(record["scores"]) == 8
+    source = tmp_path / "clauses.csv"
+    source.write_text("id,text\n1,we may change these terms .\n2,welcome .\n")
+    out = tmp_path / "scored.csv"
+    assert main(["predict", "--model", str(run), "--input", str(source), "--output", str(out)]) == 0
+    scored = pd.read_csv(out, keep_default_na=False)
+    assert scored.columns.tolist()[:3] == ["id", "text", "labels"]
+    assert [c for c in scored.columns if c.startswith("prob_")] == [
+        f"prob_{lab}" for lab in ["A", "CH", "CR", "J", "LAW", "LTD", "TER", "USE"]
+    ]
+
+
+def test_predict_document(run, tmp_path, capsys, claudette_dir):
+    xml = claudette_dir / "OriginalTaggedDocuments" / "Atlas.xml"
+    out = tmp_path / "doc.json"
+    assert main(["-q", "predict", "--model", str(run), "--document", str(xml),
+                 "--output", str(out), "--window", "24", "--stride", "12"]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    from finlora.documents import read_document
+
+    text = read_document(xml)
+    assert result["characters"] == len(text) and result["pieces"] > 30
+    assert result["window"] == 24 and result["stride"] == 12
+    for span in result["spans"]:
+        assert text[span["start"] : span["end"]] == span["text"]
+        assert span["labels"]
+    counts = {lab: v["count"] for lab, v in result["summary"]["per_label"].items()}
+    assert sum(counts.values()) == sum(len(s["labels"]) for s in result["spans"])
+    assert main(["-q", "predict", "--model", str(run), "--document", str(xml), "--window",
+                 "999"]) == 2  # fmt: skip
+    assert "--window must be between 1 and 38" in capsys.readouterr().err
