@@ -50,6 +50,9 @@ def torchrun(entry: list[str], model, data, out: Path, **env) -> subprocess.Comp
         "--batch_size", "16",
         "--learning_rate", "0.05",
         "--max_length", "48",
+        "--bf16", "false",  # fp32: the Trainer's evaluation is compared with fp32 inference
+        "--group_by_length", "false",
+        "--lora_target_modules", "query,value",
         "--output_dir", str(out),
     ]  # fmt: skip
     return run(command, **env)

@@ -112,7 +112,7 @@ def test_dry_run_prints_a_valid_spot_request(capsys):
     }
     assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["train", "test"]
     hp = request["HyperParameters"]
-    assert hp["epochs"] == "3.0" and hp["learning_rate"] == "0.002"  # flag, recipe
+    assert hp["epochs"] == "3.0" and hp["max_length"] == "64"  # flag, recipe
     assert "use_lora" not in hp  # equal to the default: not sent
     with pytest.raises(ParamValidationError):  # the check the launcher relies on can fail
         validate_parameters({**request, "RoleArn": "arn:x"}, shape.operation_model(
@@ -136,5 +136,5 @@ def test_launch_submits_to_a_sagemaker_compatible_server(tmp_path, monkeypatch, 
         sm = boto3.client("sagemaker", endpoint_url=endpoint)
         job = sm.describe_training_job(TrainingJobName="finlora-test-1")
     assert submitted["TrainingJobArn"] == job["TrainingJobArn"]
-    assert job["HyperParameters"] == {"epochs": "2.0", "use_lora": "false"}
+    assert job["HyperParameters"] == {"epochs": "2.0", "use_lora": "false"}  # lr follows use_lora
     assert job["AlgorithmSpecification"]["TrainingImage"] == IMAGE

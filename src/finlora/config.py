@@ -101,13 +101,17 @@ class TrainConfig:
     )
 
     # --- training ---
-    epochs: float = _opt(3.0, "training epochs")
+    epochs: float | None = _opt(
+        None, "training epochs (default: 10 with LoRA, 4 for full fine-tuning)"
+    )
     batch_size: int = _opt(16, "per-device training batch size")
     eval_batch_size: int = _opt(64, "per-device evaluation batch size")
-    learning_rate: float = _opt(2e-5, "peak learning rate")
+    learning_rate: float | None = _opt(
+        None, "peak learning rate (default: 2e-3 with LoRA, 1e-4 for full fine-tuning)"
+    )
     max_length: int = _opt(128, "tokens per text; longer texts are truncated")
     group_by_length: bool = _opt(
-        False, "batch texts of similar length together (less padding, faster epochs)"
+        True, "batch texts of similar length together (less padding, faster epochs)"
     )
     warmup_ratio: float = _opt(0.1, "fraction of steps with linear warm-up")
     weight_decay: float = _opt(0.01, "AdamW weight decay")
@@ -116,7 +120,7 @@ class TrainConfig:
     early_stopping_patience: int = _opt(0, "stop after N epochs without improvement (0: off)")
     seed: int = _opt(42, "seed for split, initialisation and data order")
     fp16: bool = _opt(False, "fp16 mixed precision (CUDA); without CUDA falls back to bf16/fp32")
-    bf16: bool = _opt(False, "bf16 mixed precision (CPU with AVX-512 BF16, or GPU)")
+    bf16: bool = _opt(True, "bf16 mixed precision where supported (AVX-512 BF16 CPU, GPU)")
     output_dir: str = _opt("outputs/finlora", "where the artifacts are written (atomically)")
 
     checkpoint_dir: str | None = _opt(
@@ -149,6 +153,11 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        # LoRA's zero-initialised matrices need a learning rate ~20x full fine-tuning's.
+        if self.learning_rate is None:
+            self.learning_rate = 2e-3 if self.use_lora else 1e-4
+        if self.epochs is None:
+            self.epochs = 10.0 if self.use_lora else 4.0
         self.validate()
 
     def validate(self) -> None:

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 # Attention query/value projections per architecture (model_type in the HF config): the
 # placement of the original LoRA paper, which keeps the adapter well under 1% of an encoder.
 LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
+    # BERT: also the pooler, which feeds the head and was never trained in sentence-embedding
+    # BERTs such as MiniLM (+6k parameters).
+    "bert": ["query", "value", "pooler.dense"],
     "roberta": ["query", "value"],
     "xlm-roberta": ["query", "value"],
     "camembert": ["query", "value"],

@@ -145,8 +145,11 @@ def job_name(prefix: str = "finlora") -> str:
 
 
 def hyperparameters_from(config: TrainConfig, explicit: dict[str, Any]) -> dict[str, str]:
-    """The settings to send: those that differ from the defaults (flags and recipe alike)."""
-    defaults = TrainConfig().to_dict()
+    """The settings to send: those that differ from the defaults (flags and recipe alike).
+
+    Defaults that follow the strategy (learning rate, epochs) are those of the same strategy.
+    """
+    defaults = TrainConfig(use_lora=config.use_lora).to_dict()
     out = {}
     for key, value in config.to_dict().items():
         if value == defaults[key] and key not in explicit:
