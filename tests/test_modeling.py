@@ -106,3 +106,29 @@ def test_wrong_targets_and_unloadable_model_are_clear_errors(tiny_model_dir, tmp
         apply_lora(load_classifier(str(tiny_model_dir), LABELS), 2, 4, 0.0, ["q_lin"])
     with pytest.raises(FinloraError, match="cannot load model 'nobody/no-such-model'"):
         load_classifier("nobody/no-such-model", LABELS)
+
+
+def test_all_linear_adapts_every_encoder_linear_and_trains_only_adapters_and_head(tiny_model_dir):
+    from finlora.cli import _flags, build_parser
+    from finlora.config import resolve_config
+
+    args = build_parser().parse_args(["train", "--lora_target_modules", "all-linear"])
+    config = resolve_config(_flags(args))
+    model = load_classifier(str(tiny_model_dir), LABELS)
+    encoder_linears = {
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.startswith("classifier")
+    }  # fmt: skip
+    wrapped = apply_lora(model, 2, 4, 0.0, config.lora_target_modules)
+    adapted = {
+        name.removeprefix("base_model.model.").removesuffix(".lora_A.default.weight")
+        for name, _ in wrapped.named_parameters()
+        if name.endswith(".lora_A.default.weight")
+    }
+    assert len(encoder_linears) == 13  # q, k, v, attention out, intermediate, out x2 + pooler
+    assert adapted == encoder_linears
+    check_only_adapters_train(wrapped)
+    head = [n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert head and all("classifier.modules_to_save" in n for n in head)
+    with pytest.raises(FinloraError, match="all-linear"):
+        apply_lora(load_classifier(str(tiny_model_dir), LABELS), 2, 4, 0.0, ["all-linear", "query"])

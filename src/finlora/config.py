@@ -97,7 +97,8 @@ class TrainConfig:
     lora_alpha: int = _opt(16, "LoRA scaling numerator")
     lora_dropout: float = _opt(0.1, "dropout on the LoRA input")
     lora_target_modules: list[str] | None = _list(
-        "modules to adapt, comma-separated; default: resolved per architecture"
+        "modules to adapt, comma-separated, or all-linear (every linear layer but the head); "
+        "default: resolved per architecture"
     )
 
     # --- training ---

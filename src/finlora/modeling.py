@@ -31,6 +31,8 @@ LORA_TARGETS: dict[str, list[str]] = {
     "distilbert": ["q_lin", "v_lin"],
     "mpnet": ["q", "v"],
 }
+# PEFT's shorthand for every linear layer except the output head.
+ALL_LINEAR = "all-linear"
 # The task head trained next to the adapters (and, in LoRA mode, nothing else).
 HEAD_MODULES: dict[str, list[str]] = {
     "bert": ["classifier"],
@@ -96,7 +98,17 @@ def load_classifier(
     return model
 
 
-def lora_targets(model: PreTrainedModel, requested: list[str] | None) -> list[str]:
+def lora_targets(model: PreTrainedModel, requested: list[str] | None) -> list[str] | str:
+    """The modules to adapt: as requested, the architecture's default for `auto`/none, or
+    PEFT's own "all-linear" shorthand (every linear layer but the head), which PEFT only
+    recognises as a plain string, never inside a list."""
+    if requested and [name.lower() for name in requested] == [ALL_LINEAR]:
+        return ALL_LINEAR
+    if requested and ALL_LINEAR in (name.lower() for name in requested):
+        raise FinloraError(
+            f"--lora_target_modules {','.join(requested)}: all-linear already adapts every "
+            "linear layer; pass it alone or name the modules"
+        )
     if requested and requested != ["auto"]:
         return requested
     model_type = model.config.model_type
