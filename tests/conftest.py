@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,44 @@ def tiny_model_dir(tmp_path_factory, packaged_model_dir: Path) -> Path:
 def claudette_dir() -> Path:
     """The CLAUDETTE folder: Sentences/, Labels_<TAG>/, OriginalTaggedDocuments/."""
     return require_data("claudette_tos")
+
+
+# Six Terms of Service: two per split under the multi-label fixture's 0.34/0.34 split.
+CLAUDETTE_SLICE = ["Atlas", "Moves-app", "Crowdtangle", "Twitter", "Skyscanner", "Netflix"]
+
+
+@pytest.fixture(scope="session")
+def claudette_slice(tmp_path_factory, claudette_dir: Path) -> Path:
+    """Six real Terms of Service in the CLAUDETTE layout (a copy: tests never write the data)."""
+    out = tmp_path_factory.mktemp("claudette")
+    for folder in ["Sentences", *(p.name for p in claudette_dir.glob("Labels_*"))]:
+        (out / folder).mkdir()
+        for doc in CLAUDETTE_SLICE:
+            shutil.copy(claudette_dir / folder / f"{doc}.txt", out / folder / f"{doc}.txt")
+    return out
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory, tiny_model_dir: Path, claudette_slice: Path) -> Path:
+    """A tiny multi-label LoRA model (8 CLAUDETTE labels, tuned thresholds); do not write
+    into it (copy it first)."""
+    from finlora.cli import main
+
+    out = tmp_path_factory.mktemp("ml") / "run"
+    code = main(
+        [
+            "-q", "train",
+            "--data", str(claudette_slice),
+            "--model_name", str(tiny_model_dir),
+            "--epochs", "1",
+            "--batch_size", "32",
+            "--learning_rate", "0.005",
+            "--max_length", "40",
+            "--validation_size", "0.34",
+            "--test_size", "0.34",
+            "--class_weights", "sqrt",
+            "--output_dir", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,44 +12,13 @@ from transformers import AutoConfig
 from finlora.cli import main
 from finlora.predictor import Predictor
 
-DOCUMENTS = ["Atlas", "Moves-app", "Crowdtangle", "Twitter", "Skyscanner", "Netflix"]
-
 
 @pytest.fixture(scope="module")
-def claudette_slice(tmp_path_factory, claudette_dir):
-    """Six real Terms of Service in the CLAUDETTE layout (a copy: tests never write the data)."""
-    root = claudette_dir
-    out = tmp_path_factory.mktemp("claudette")
-    for folder in ["Sentences", *(p.name for p in root.glob("Labels_*"))]:
-        (out / folder).mkdir()
-        for doc in DOCUMENTS:
-            shutil.copy(root / folder / f"{doc}.txt", out / folder / f"{doc}.txt")
-    return out
+def run(multilabel_run):
+    return multilabel_run
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir, claudette_slice):
-    out = tmp_path_factory.mktemp("ml") / "run"
-    code = main(
-        [
-            "-q", "train",
-            "--data", str(claudette_slice),
-            "--model_name", str(tiny_model_dir),
-            "--epochs", "1",
-            "--batch_size", "32",
-            "--learning_rate", "0.005",
-            "--max_length", "40",
-            "--validation_size", "0.34",
-            "--test_size", "0.34",
-            "--class_weights", "sqrt",
-            "--output_dir", str(out),
-        ]
-    )  # fmt: skip
-    assert code == 0
-    return out
-
-
-def test_artifacts_of_a_multilabel_run(run):
+def test_artifacts_of_a_multilabel_run(run, claudette_slice):
     results = json.loads((run / "final_results.json").read_text())
     labels = ["A", "CH", "CR", "J", "LAW", "LTD", "TER", "USE"]
     assert results["task"] == "multi_label" and results["labels"] == labels
@@ -58,7 +26,8 @@ def test_artifacts_of_a_multilabel_run(run):
     assert results["loss"]["name"] == "weighted_bce" and len(results["loss"]["pos_weight"]) == 8
     assert results["data"]["split_strategy"] == "group stratified"
     groups = results["data"]["groups"]
-    assert sorted(sum(groups.values(), [])) == sorted(DOCUMENTS)
+    documents = sorted(p.stem for p in (claudette_slice / "Sentences").glob("*.txt"))
+    assert len(documents) == 6 and sorted(sum(groups.values(), [])) == documents
     assert all(len(docs) == 2 for docs in groups.values())
     test = results["test"]
     for key in ("micro_f1", "macro_f1", "lexglue", "per_label", "thresholds", "subset_accuracy"):

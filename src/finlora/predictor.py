@@ -204,9 +204,14 @@ class Predictor:
         except OSError as exc:
             raise FinloraError(f"cannot load the tokenizer in {onnx_dir}: {exc}") from exc
         runner = OnnxRunner(onnx_dir / ONNX_FILES[chosen], threads, chosen)
-        thresholds = saved_thresholds(onnx_dir, info["labels"]) or saved_thresholds(
-            onnx_dir.parent, info["labels"]
-        )
+        thresholds = saved_thresholds(onnx_dir, info["labels"])
+        problem_type = read_json(onnx_dir / "config.json").get("problem_type")
+        multi_label = problem_type == "multi_label_classification"
+        if multi_label and thresholds is None:
+            raise FinloraError(
+                f"{onnx_dir} holds a multi-label model but no {THRESHOLDS}; re-run "
+                "`finlora export` on the `finlora train` output dir (it copies them in)"
+            )
         return cls(
             runner,
             tokenizer,
@@ -214,7 +219,7 @@ class Predictor:
             batch_size,
             info["labels"],
             thresholds=thresholds,
-            multi_label=info.get("problem_type") == "multi_label" or thresholds is not None,
+            multi_label=multi_label,
         )
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:

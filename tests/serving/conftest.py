@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,14 @@ def exported_dir(trained_dir: Path) -> Path:
 
     assert main(["-q", "export", "--model", str(trained_dir), "--quantize", "int8"]) == 0
     return trained_dir
+
+
+@pytest.fixture(scope="session")
+def multilabel_exported(tmp_path_factory, multilabel_run: Path) -> Path:
+    """A copy of the tiny multi-label run after `finlora export --format onnx` (fp32)."""
+    from finlora.cli import main
+
+    out = tmp_path_factory.mktemp("ml-export") / "run"
+    shutil.copytree(multilabel_run, out)
+    assert main(["-q", "export", "--model", str(out)]) == 0
+    return out

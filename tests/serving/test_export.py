@@ -173,3 +173,36 @@ def test_onnx_runner_rejects_a_broken_file(tmp_path):
     broken.write_bytes(b"not an onnx model")
     with pytest.raises(FinloraError, match="re-run `finlora export`"):
         OnnxRunner(broken)
+
+
+def test_multilabel_export_carries_its_thresholds(multilabel_exported, tmp_path):
+    """The export dir alone (copied away from its parent) decides labels like the torch model."""
+    saved = json.loads((multilabel_exported / "thresholds.json").read_text())
+    assert len(set(saved["thresholds"].values())) > 1  # tuned, not all the 0.5 default
+    assert json.loads((multilabel_exported / "onnx" / "thresholds.json").read_text()) == saved
+    info = export_info(multilabel_exported)
+    assert "thresholds.json" in info["files"]
+    parity = info["parity"]  # checked on label sets at the tuned thresholds, with test F1
+    assert parity["sample"] == "validation" and parity["fp32"]["label_agreement"] == 1.0
+    assert parity["fp32"]["test_macro_f1"] == pytest.approx(parity["fp32"]["test_macro_f1_torch"])
+    alone = tmp_path / "onnx"
+    shutil.copytree(multilabel_exported / "onnx", alone)
+    torch_predictor = Predictor.load(multilabel_exported, backend="torch")
+    onnx_predictor = Predictor.load(alone, backend="onnx")
+    assert onnx_predictor.multi_label
+    assert onnx_predictor.thresholds == torch_predictor.thresholds
+    texts = [
+        "we may terminate your account at any time without notice .",
+        "these terms are governed by the laws of the state of california .",
+        "you agree to resolve any dispute by binding arbitration .",
+        "welcome .",
+    ]
+    expected = torch_predictor.predict(texts)
+    got = onnx_predictor.predict(texts)
+    assert [r["labels"] for r in got] == [r["labels"] for r in expected]
+    for g, e in zip(got, expected):
+        for label, score in e["scores"].items():
+            assert abs(g["scores"][label] - score) < 1e-4
+    (alone / "thresholds.json").unlink()
+    with pytest.raises(FinloraError, match="no thresholds.json; re-run `finlora export`"):
+        Predictor.load(alone, backend="onnx")

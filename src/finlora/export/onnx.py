@@ -6,6 +6,7 @@ Layout of `<model dir>/onnx/` (written atomically: a failed export leaves no dir
     model.onnx                      fp32, fused by the ONNX Runtime transformer optimizer
     model.int8.onnx                 int8 weights, dynamic int8 activations (--quantize int8)
     tokenizer.json, tokenizer_config.json, config.json, labels.json
+    thresholds.json                 multi-label models: the tuned per-label thresholds
     export.json                     opset, versions, max_length, sha256 of every file, parity
 """
 
@@ -31,6 +32,7 @@ from finlora.artifacts import (
     ONNX_DIR,
     ONNX_FILES,
     RESOLVED_CONFIG,
+    THRESHOLDS,
     atomic_output_dir,
     require_model_dir,
     write_json,
@@ -38,7 +40,8 @@ from finlora.artifacts import (
 from finlora.config import resolve_config
 from finlora.data.sources import file_sha256
 from finlora.errors import FinloraError
-from finlora.predictor import OnnxRunner, Predictor, saved_max_length
+from finlora.evaluation import apply_thresholds
+from finlora.predictor import OnnxRunner, Predictor, saved_max_length, saved_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class VerificationData:
     source: str
     texts: list[str]
     test_texts: list[str] | None = None
-    test_label_ids: list[int] | None = None
+    test_truth: np.ndarray | None = None  # class ids, or multi-hot rows for multi-label
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -107,6 +110,7 @@ def export_onnx(
     model, tokenizer = load_merged(model_dir)
     max_length = saved_max_length(model_dir, tokenizer)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    thresholds = saved_thresholds(model_dir, labels)
     data = verification_data(model_dir, labels)
     precisions = ["fp32"] + (["int8"] if quantize else [])
 
@@ -125,7 +129,11 @@ def export_onnx(
             staging / LABELS_FILE,
             {"labels": labels, "id2label": dict(enumerate(labels))},
         )
-        parity = verify(model, tokenizer, max_length, labels, staging, precisions, data, threads)
+        if (model_dir / THRESHOLDS).is_file():  # the export must run without its parent dir
+            shutil.copyfile(model_dir / THRESHOLDS, staging / THRESHOLDS)
+        parity = verify(
+            model, tokenizer, max_length, labels, staging, precisions, data, threads, thresholds
+        )
         info = {
             "format": "onnx",
             "opset": opset,
@@ -300,7 +308,7 @@ def verification_data(model_dir: Path, labels: list[str]) -> VerificationData:
         source,
         frame["text"].head(MAX_SAMPLE).tolist(),
         test["text"].tolist() if not test.empty else None,
-        data.label_ids("test")[: len(test)] if not test.empty else None,
+        np.asarray(data.targets("test")[: len(test)]).astype(int) if not test.empty else None,
     )
 
 
@@ -313,25 +321,33 @@ def verify(
     precisions: list[str],
     data: VerificationData,
     threads: int | None,
+    thresholds: list[float] | None = None,
 ) -> dict:
-    """Compare every exported model with PyTorch; raise with the numbers when one fails."""
-    reference = Predictor(model, tokenizer, max_length, batch_size=32)
+    """Compare every exported model with PyTorch; raise with the numbers when one fails.
+
+    "Labels" are the argmax class, or for a multi-label model the set of labels whose score
+    reaches its threshold (a text agrees only when its whole set does).
+    """
+    reference = Predictor(model, tokenizer, max_length, 32, thresholds=thresholds)
     ref_logits = reference.logits(data.texts)
     ref_f1 = None
     if data.test_texts:
-        ref_f1 = _macro_f1(data.test_label_ids, reference.predict_ids(data.test_texts), labels)
+        ref_f1 = _macro_f1(data.test_truth, _decide(reference, data.test_texts), labels)
     parity: dict = {"sample": data.source, "size": len(data.texts)}
     failures = []
     for precision in precisions:
         runner = OnnxRunner(onnx_dir / ONNX_FILES[precision], threads, precision)
-        candidate = Predictor(runner, tokenizer, max_length, 32, labels)
+        candidate = Predictor(
+            runner, tokenizer, max_length, 32, labels, thresholds, reference.multi_label
+        )
         logits = candidate.logits(data.texts)
+        agree = _decisions(candidate, logits) == _decisions(reference, ref_logits)
         block = {
             "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
-            "label_agreement": float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()),
+            "label_agreement": float(agree.reshape(len(agree), -1).all(axis=1).mean()),
         }
         if ref_f1 is not None:
-            f1 = _macro_f1(data.test_label_ids, candidate.predict_ids(data.test_texts), labels)
+            f1 = _macro_f1(data.test_truth, _decide(candidate, data.test_texts), labels)
             block.update(
                 test_size=len(data.test_texts),
                 test_macro_f1_torch=ref_f1,
@@ -372,9 +388,21 @@ def parity_failures(precision: str, block: dict) -> list[str]:
     return out
 
 
-def _macro_f1(y_true: list[int], y_pred: list[int], labels: list[str]) -> float:
-    ids = list(range(len(labels)))
-    return float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0))
+def _decisions(predictor: Predictor, logits: np.ndarray) -> np.ndarray:
+    """Class ids, or multi-label 0/1 rows (score >= the label's threshold)."""
+    if predictor.multi_label:
+        return apply_thresholds(predictor.scores(logits), predictor.thresholds)
+    return logits.argmax(-1)
+
+
+def _decide(predictor: Predictor, texts: list[str]) -> np.ndarray:
+    return _decisions(predictor, predictor.logits(texts))
+
+
+def _macro_f1(truth: np.ndarray, predicted: np.ndarray, labels: list[str]) -> float:
+    """Macro-F1 over classes, or over labels for multi-hot rows."""
+    ids = list(range(len(labels))) if np.ndim(truth) == 1 else None
+    return float(f1_score(truth, predicted, labels=ids, average="macro", zero_division=0))
 
 
 def export_versions() -> dict[str, str]:
