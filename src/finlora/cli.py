@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="serve a trained model over HTTP (FastAPI + uvicorn)",
-        description="POST /v1/predict, GET /healthz /readyz /v1/model /metrics. Every "
-        "option can also be set as an environment variable FINLORA_<OPTION>.",
+        description="POST /v1/predict /v1/classify-document, GET /healthz /readyz /v1/model "
+        "/metrics. Every option can also be set as an environment variable FINLORA_<OPTION>.",
     )
     serve.add_argument("--model", dest="model_dir", help="output dir of `finlora train`")
     serve.add_argument("--backend", choices=BACKENDS, help="default: onnx when exported")
@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default: 8080")
     serve.add_argument("--max_batch", type=int, help="most texts per request (default: 64)")
     serve.add_argument("--max_body_bytes", type=int, help="request size limit (default: 1 MiB)")
+    serve.add_argument(
+        "--max_document_chars",
+        type=int,
+        help="longest /v1/classify-document text (default: 2000000; its body limit is 6 bytes "
+        "per character)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     from finlora.compare import CompareConfig

@@ -1,7 +1,8 @@
 """The FastAPI inference service: model loaded once at start-up, inference on a worker thread.
 
-Routes: POST /v1/predict, GET /healthz (process up), GET /readyz (model loaded), GET /v1/model,
-GET /metrics (Prometheus text). Bad input is always a 4xx with a one-line `detail`.
+Routes: POST /v1/predict, POST /v1/classify-document, GET /healthz (process up), GET /readyz
+(model loaded), GET /v1/model, GET /metrics (Prometheus text). Bad input is always a 4xx with
+a one-line `detail`.
 Run with `finlora serve --model DIR` or `uvicorn --factory finlora.serve.app:create_app`
 (settings then come from FINLORA_* environment variables).
 """
@@ -19,11 +20,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finlora import __version__
 from finlora.artifacts import EXPORT_INFO, read_json, read_results, require_model_dir
+from finlora.documents import classify_document, window_size
 from finlora.errors import FinloraError
 from finlora.predictor import Predictor, find_onnx_dir
 from finlora.serve.batching import MicroBatcher
@@ -33,12 +35,22 @@ from finlora.serve.observability import (
     RequestContextMiddleware,
     RequestIdFilter,
 )
-from finlora.serve.schemas import ErrorResponse, PredictRequest, PredictResponse
+from finlora.serve.schemas import (
+    ClassifyDocumentRequest,
+    ClassifyDocumentResponse,
+    ErrorResponse,
+    PredictRequest,
+    PredictResponse,
+)
 from finlora.serve.settings import ServeSettings, load_settings
 
 log = logging.getLogger("finlora.serve")
 
-ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"}
+DOCUMENT_ROUTE = "/v1/classify-document"
+ROUTES = {"/v1/predict", DOCUMENT_ROUTE, "/v1/model", "/healthz", "/readyz", "/metrics"}
+# A character takes at most 6 bytes of JSON (`\uXXXX`), so a document of max_document_chars
+# always fits in the body limit of its route.
+JSON_BYTES_PER_CHAR = 6
 
 
 class ApiError(Exception):
@@ -57,6 +69,9 @@ def error_response(status: int, detail: str) -> JSONResponse:
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or load_settings()
     metrics = Metrics(ROUTES)
+    # Documents are classified one at a time: one is already a long run of full batches, and
+    # two at once would only share the cores (and the tokenizer, which is not thread-safe).
+    document_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -99,8 +114,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         },
     )
     app.state.predictor = None
+    document_body = JSON_BYTES_PER_CHAR * settings.max_document_chars + 1024
     app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        route_body_bytes={DOCUMENT_ROUTE: max(settings.max_body_bytes, document_body)},
     )
 
     @app.exception_handler(ApiError)
@@ -127,22 +146,51 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     async def predict(request: Request):
         """Classify 1 to max_batch texts; overlong texts are truncated and flagged."""
-        content_type = request.headers.get("content-type", "application/json")
-        if "json" not in content_type.split(";")[0].lower():
-            raise ApiError(415, f"content-type {content_type!r} is not JSON; send application/json")
-        body = parse_json(await request.body())
-        try:
-            texts = PredictRequest.model_validate(body).texts
-        except ValidationError as exc:
-            raise ApiError(422, validation_message(exc.errors())) from None
+        texts = (await read_body(request, PredictRequest)).texts
         if len(texts) > settings.max_batch:
             raise ApiError(
                 422, f"{len(texts)} texts in one request; the limit is {settings.max_batch}"
             )
         predictions = await request.app.state.batcher.predict(texts)
         for p in predictions:
-            metrics.predicted.labels(p["label"]).inc()
+            for label in p["labels"] if "labels" in p else [p["label"]]:
+                metrics.predicted.labels(label).inc()
         return Response(json.dumps({"predictions": predictions}), media_type="application/json")
+
+    @app.post(
+        DOCUMENT_ROUTE,
+        response_model=ClassifyDocumentResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": ClassifyDocumentRequest.model_json_schema()}
+                },
+            }
+        },
+    )
+    async def classify_document_route(request: Request):
+        """Cut one document into sentences or token windows and return the labelled pieces
+        with their character offsets, as `finlora predict --document` does."""
+        document = await read_body(request, ClassifyDocumentRequest)
+        if len(document.text) > settings.max_document_chars:
+            raise ApiError(
+                413,
+                f"text has {len(document.text)} characters; the limit is "
+                f"{settings.max_document_chars} (max_document_chars)",
+            )
+        predictor = request.app.state.predictor
+        check_window(predictor, document)
+        async with document_lock:
+            result = await asyncio.to_thread(
+                classify_document,
+                predictor,
+                document.text,
+                segment_by=document.segment,
+                window=document.window,
+                stride=document.stride,
+            )
+        return Response(json.dumps(result), media_type="application/json")
 
     @app.get("/healthz")
     async def healthz():
@@ -168,6 +216,32 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def read_body(request: Request, schema: type[BaseModel]) -> Any:
+    """The JSON body validated against `schema`; 415, 400 or 422 with one line if it is not."""
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.split(";")[0].lower():
+        raise ApiError(415, f"content-type {content_type!r} is not JSON; send application/json")
+    body = parse_json(await request.body())
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(422, validation_message(exc.errors())) from None
+
+
+def check_window(predictor: Predictor, document: ClassifyDocumentRequest) -> None:
+    """The model-dependent bounds of `window` and `stride`, checked before any work."""
+    room = window_size(predictor, None)
+    if document.window is not None and document.window > room:
+        raise ApiError(
+            422,
+            f"window: must be at most {room} (the model's max_length {predictor.max_length} "
+            f"minus special tokens), got {document.window}",
+        )
+    window = document.window or room
+    if document.stride is not None and document.stride > window:
+        raise ApiError(422, f"stride: must be at most window ({window}), got {document.stride}")
 
 
 def parse_json(body: bytes) -> Any:

@@ -77,12 +77,22 @@ class BodyTooLarge(Exception):
 
 
 class RequestContextMiddleware:
-    """Request ID (from `X-Request-ID` or new), body size limit, access log line, metrics."""
+    """Request ID (from `X-Request-ID` or new), body size limit, access log line, metrics.
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int) -> None:
+    `route_body_bytes` raises the body limit of single routes (a whole document).
+    """
+
+    def __init__(
+        self,
+        app,
+        metrics: Metrics,
+        max_body_bytes: int,
+        route_body_bytes: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.route_body_bytes = route_body_bytes or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -95,7 +105,7 @@ class RequestContextMiddleware:
         status = 500
         started = False
         received = 0
-        limit = self.max_body_bytes
+        limit = self.route_body_bytes.get(scope["path"], self.max_body_bytes)
 
         async def receive_limited():
             nonlocal received

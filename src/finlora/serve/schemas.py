@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -27,8 +29,72 @@ class Prediction(BaseModel):
     truncated: bool = Field(description="the text was longer than max_length tokens")
 
 
+class MultiLabelPrediction(BaseModel):
+    labels: list[str] = Field(description="labels whose score reaches their threshold")
+    scores: dict[str, float]
+    truncated: bool = Field(description="the text was longer than max_length tokens")
+
+
 class PredictResponse(BaseModel):
-    predictions: list[Prediction]
+    predictions: list[Prediction | MultiLabelPrediction]
+
+
+class ClassifyDocumentRequest(BaseModel):
+    """One document as plain text; the options are those of `finlora predict --document`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str = Field(description="the document text, at most max_document_chars characters")
+    segment: Literal["sentences", "windows"] = Field(
+        "sentences",
+        description="pieces: sentences (over-long ones in token windows) or token windows",
+    )
+    window: int | None = Field(
+        None, ge=1, description="tokens per window (default: max_length minus special tokens)"
+    )
+    stride: int | None = Field(
+        None, ge=1, description="tokens between window starts, at most window (default: half)"
+    )
+
+    @field_validator("text")
+    @classmethod
+    def not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("text must not be empty or blank")
+        return text
+
+
+class DocumentSpan(BaseModel):
+    start: int = Field(description="character offset in `text`: text[start:end] == span text")
+    end: int
+    text: str
+    labels: list[str]
+    scores: dict[str, float]
+
+
+class LabelCount(BaseModel):
+    count: int = Field(description="pieces carrying this label")
+    max_score: float
+
+
+class DocumentSummary(BaseModel):
+    labelled_pieces: int
+    per_label: dict[str, LabelCount]
+
+
+class ClassifyDocumentResponse(BaseModel):
+    characters: int
+    segment: str
+    window: int
+    stride: int
+    pieces: int = Field(description="sentences and windows classified")
+    labels: list[str]
+    multi_label: bool
+    thresholds: dict[str, float] | None
+    spans: list[DocumentSpan] = Field(
+        description="multi-label: pieces with at least one label; single-label: every piece"
+    )
+    summary: DocumentSummary
 
 
 class ErrorResponse(BaseModel):

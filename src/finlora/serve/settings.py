@@ -26,6 +26,9 @@ class ServeSettings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     max_batch: int = Field(64, ge=1, le=4096, description="most texts in one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit")
+    max_document_chars: int = Field(
+        2_000_000, ge=1, description="longest text POST /v1/classify-document accepts"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
