@@ -28,12 +28,26 @@ def macro_f1_metrics(eval_pred) -> dict[str, float]:
     }
 
 
+def per_class_scores(y_true, y_pred, labels: list[str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support per class (single-label) or per label (multi-label)."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(len(labels))), zero_division=0
+    )
+    return {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(labels)
+    }
+
+
 def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: list[str]) -> dict:
     """The metrics block of final_results.json (`test` / `validation`)."""
     ids = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=ids, zero_division=0
-    )
+    per_class = per_class_scores(y_true, y_pred, labels)
     predicted = np.bincount(np.asarray(y_pred, dtype=int), minlength=len(labels))
     never = [labels[i] for i in ids if predicted[i] == 0]
     if never:
@@ -45,15 +59,7 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: 
         "weighted_f1": float(
             f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)
         ),
-        "per_class": {
-            labels[i]: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i in ids
-        },
+        "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
         "prediction_distribution": {labels[i]: int(predicted[i]) for i in ids},
         "never_predicted": never,
@@ -130,9 +136,7 @@ def multilabel_report(
     """
     y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
     ids = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=ids, zero_division=0
-    )
+    per_label = per_class_scores(y_true, y_pred, labels)
     predicted = y_pred.sum(axis=0)
     never = [labels[i] for i in ids if predicted[i] == 0]
     if never:
@@ -154,15 +158,7 @@ def multilabel_report(
                 f1_score(lexglue_true, lexglue_pred, average="macro", zero_division=0)
             ),
         },
-        "per_label": {
-            labels[i]: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i in ids
-        },
+        "per_label": per_label,
         "prediction_distribution": {labels[i]: int(predicted[i]) for i in ids},
         "rows_without_label": {
             "true": int((y_true.sum(axis=1) == 0).sum()),
