@@ -152,6 +152,12 @@ def main() -> None:
             f"{model} is not a trained model; train the default one with\n"
             f"  finlora train --config config/phrasebank_lora.yaml --output_dir {model}"
         )
+    labels = read_json(model / "config.json")["id2label"]
+    if not verification_data(model, list(labels.values())).test_texts:
+        raise SystemExit(
+            f"cannot rebuild the test split of {model}; point FINLORA_DATA_DIR (or the run's "
+            "data path) at its dataset: the benchmark runs on the model's test sentences"
+        )
     onnx_dir = find_onnx_dir(model)
     if onnx_dir is None or "model.int8.onnx" not in read_json(onnx_dir / EXPORT_INFO)["files"]:
         print("exporting to ONNX with int8 first ...", file=sys.stderr)
