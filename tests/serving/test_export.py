@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -13,6 +14,7 @@ from transformers import AutoTokenizer
 
 from finlora.data.sources import file_sha256
 from finlora.errors import FinloraError
+from finlora.export import onnx as onnx_export
 from finlora.export.onnx import (
     BUILTIN_SAMPLE,
     VerificationData,
@@ -50,8 +52,8 @@ def test_export_writes_model_tokenizer_labels_and_checksums(exported_dir):
     assert json.loads((onnx_dir / "labels.json").read_text())["labels"] == info["labels"]
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(info["versions"])
     assert info["optimization"]["fused"].get("Attention") == 2  # both layers fused
-    kept = info["quantization"]["kept_fp32"]  # the feed-forward output projection per layer
-    assert len(kept) == 2 and all("/output/dense/" in name for name in kept)
+    kept = info["quantization"]["kept_fp32"]  # all int8, or the FFN output projections fp32
+    assert kept == [] or (len(kept) == 2 and all("/output/dense/" in name for name in kept))
     assert not list(exported_dir.glob(".onnx.tmp-*"))
 
 
@@ -133,8 +135,46 @@ def test_verification_fails_with_the_numbers_when_onnx_is_not_the_model(
     other = load_classifier(str(tiny_model_dir), labels).eval()
     tokenizer = AutoTokenizer.from_pretrained(exported_dir)
     data = VerificationData("builtin", BUILTIN_SAMPLE)
-    with pytest.raises(FinloraError, match=r"fp32 max \|logit diff\| \d"):
-        verify(other, tokenizer, 48, labels, exported_dir / "onnx", ["fp32"], data, 1)
+    _, failures = verify(other, tokenizer, 48, labels, exported_dir / "onnx", ["fp32"], data, 1)
+    assert any(re.match(r"fp32 max \|logit diff\| \d", f) for f in failures)
+
+
+def test_int8_falls_back_to_fp32_ffn_outputs_when_all_int8_misses_the_contract(
+    trained_dir, tmp_path, monkeypatch
+):
+    """The first int8 verification is made to fail: the export must requantize with the
+    feed-forward output projections in fp32, verify again, and record what it kept."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir, ignore=shutil.ignore_patterns("onnx"))
+    real = onnx_export.parity_failures
+    int8_checks = []
+
+    def first_int8_check_fails(precision, block):
+        if precision == "int8":
+            int8_checks.append(block)
+            if len(int8_checks) == 1:
+                return ["int8 label agreement 0.5000 < 0.99"]
+        return real(precision, block)
+
+    monkeypatch.setattr(onnx_export, "parity_failures", first_int8_check_fails)
+    info = export_onnx(model_dir, quantize="int8")
+    assert len(int8_checks) == 2
+    kept = info["quantization"]["kept_fp32"]
+    assert len(kept) == 2 and all("/output/dense/" in name for name in kept)
+    graph = onnx.load(model_dir / "onnx" / "model.int8.onnx").graph
+    float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul"}
+    assert set(kept) <= float_matmuls
+
+
+def test_export_fails_with_the_numbers_when_int8_cannot_meet_the_contract(
+    trained_dir, tmp_path, monkeypatch
+):
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir, ignore=shutil.ignore_patterns("onnx"))
+    monkeypatch.setattr(onnx_export, "INT8_MIN_AGREEMENT", 1.01)
+    with pytest.raises(FinloraError, match=r"int8 label agreement \d\.\d+ < 1.01"):
+        export_onnx(model_dir, quantize="int8")
+    assert not (model_dir / "onnx").exists()
 
 
 def test_parity_contract_thresholds():

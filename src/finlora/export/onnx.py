@@ -119,10 +119,11 @@ def export_onnx(
         log.info("exporting %s to ONNX (opset %d)", model_dir, opset)
         torch_export(model, tokenizer, raw, opset)
         fused = optimize(raw, staging / ONNX_FILES["fp32"], model.config)
+        fp32_path, int8_path = staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"]
         kept_fp32: list[str] = []
         if quantize:
             log.info("quantizing to int8 (dynamic)")
-            kept_fp32 = quantize_int8(staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"])
+            quantize_int8(fp32_path, int8_path, keep_ffn_output_fp32=False)
         tokenizer.save_pretrained(staging)
         model.config.save_pretrained(staging)
         write_json(
@@ -131,9 +132,23 @@ def export_onnx(
         )
         if (model_dir / THRESHOLDS).is_file():  # the export must run without its parent dir
             shutil.copyfile(model_dir / THRESHOLDS, staging / THRESHOLDS)
-        parity = verify(
-            model, tokenizer, max_length, labels, staging, precisions, data, threads, thresholds
-        )
+        check = (model, tokenizer, max_length, labels, staging, precisions, data, threads)
+        parity, failures = verify(*check, thresholds)
+        if any(f.startswith("int8") for f in failures):
+            # All-int8 is fastest; where it misses the contract, the feed-forward output
+            # projections (the layers int8 hurts most) go back to fp32.
+            log.info(
+                "all-int8 model misses the contract (%s); retrying with the feed-forward "
+                "output projections in fp32",
+                "; ".join(failures),
+            )
+            kept_fp32 = quantize_int8(fp32_path, int8_path, keep_ffn_output_fp32=True)
+            parity, failures = verify(*check, thresholds)
+        if failures:
+            raise FinloraError(
+                f"ONNX export failed verification on the {data.source} sample "
+                f"(n={len(data.texts)}): " + "; ".join(failures)
+            )
         info = {
             "format": "onnx",
             "opset": opset,
@@ -245,13 +260,13 @@ def optimize(raw: Path, target: Path, config) -> dict[str, int]:
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def quantize_int8(source: Path, target: Path) -> list[str]:
+def quantize_int8(source: Path, target: Path, keep_ffn_output_fp32: bool) -> list[str]:
     """Dynamic int8 with per-channel weight scales; returns the MatMuls kept in fp32.
 
-    The feed-forward output projections stay fp32: their input (the GELU output) has the
-    outlier channels that per-tensor activation quantization handles worst. On the PhraseBank
-    MiniLM this cut the largest logit error from 1.66 (all int8) to 0.60 and is what keeps the
-    test macro-F1 within the export contract (see docs/serving.md).
+    With `keep_ffn_output_fp32`, the feed-forward output projections stay fp32: their input
+    (the GELU output) has the outlier channels that per-tensor activation quantization handles
+    worst. On one PhraseBank MiniLM this cut the largest logit error from 0.74 to 0.60 and kept
+    the test macro-F1 within the export contract, at ~1.4x the latency (see docs/serving.md).
     """
     import onnx
     from onnx import TensorProto
@@ -261,7 +276,10 @@ def quantize_int8(source: Path, target: Path) -> list[str]:
     keep_fp32 = [
         n.name
         for n in graph.node
-        if n.op_type == "MatMul" and FFN_OUTPUT.search(n.name) and "attention" not in n.name
+        if keep_ffn_output_fp32
+        and n.op_type == "MatMul"
+        and FFN_OUTPUT.search(n.name)
+        and "attention" not in n.name
     ]
     with _quiet_logging():
         quantize_dynamic(
@@ -322,8 +340,8 @@ def verify(
     data: VerificationData,
     threads: int | None,
     thresholds: list[float] | None = None,
-) -> dict:
-    """Compare every exported model with PyTorch; raise with the numbers when one fails.
+) -> tuple[dict, list[str]]:
+    """Compare every exported model with PyTorch: the parity block and the contract's failures.
 
     "Labels" are the argmax class, or for a multi-label model the set of labels whose score
     reaches its threshold (a text agrees only when its whole set does).
@@ -357,12 +375,7 @@ def verify(
         parity[precision] = block
         log.info("parity %s vs PyTorch on %s: %s", precision, data.source, block)
         failures += parity_failures(precision, block)
-    if failures:
-        raise FinloraError(
-            f"ONNX export failed verification on the {data.source} sample (n={len(data.texts)}): "
-            + "; ".join(failures)
-        )
-    return parity
+    return parity, failures
 
 
 def parity_failures(precision: str, block: dict) -> list[str]:
