@@ -93,8 +93,8 @@ class TrainConfig:
     # --- model ---
     model_name: str = _opt(DEFAULT_MODEL, "hub id or local directory of the encoder")
     use_lora: bool = _opt(True, "train a LoRA adapter (default); --no_lora for full fine-tuning")
-    lora_r: int = _opt(8, "LoRA rank")
-    lora_alpha: int = _opt(16, "LoRA scaling numerator")
+    lora_r: int = _opt(16, "LoRA rank")
+    lora_alpha: int = _opt(32, "LoRA scaling numerator")
     lora_dropout: float = _opt(0.1, "dropout on the LoRA input")
     lora_target_modules: list[str] | None = _list(
         "modules to adapt, comma-separated, or all-linear (every linear layer but the head); "
@@ -103,12 +103,12 @@ class TrainConfig:
 
     # --- training ---
     epochs: float | None = _opt(
-        None, "training epochs (default: 10 with LoRA, 4 for full fine-tuning)"
+        None, "training epochs (default: 8 with LoRA, 4 for full fine-tuning)"
     )
     batch_size: int = _opt(16, "per-device training batch size")
     eval_batch_size: int = _opt(64, "per-device evaluation batch size")
     learning_rate: float | None = _opt(
-        None, "peak learning rate (default: 2e-3 with LoRA, 1e-4 for full fine-tuning)"
+        None, "peak learning rate (default: 1e-3 with LoRA, 1e-4 for full fine-tuning)"
     )
     max_length: int = _opt(128, "tokens per text; longer texts are truncated")
     group_by_length: bool = _opt(
@@ -154,11 +154,11 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        # LoRA's zero-initialised matrices need a learning rate ~20x full fine-tuning's.
+        # LoRA's zero-initialised matrices need a learning rate ~10x full fine-tuning's.
         if self.learning_rate is None:
-            self.learning_rate = 2e-3 if self.use_lora else 1e-4
+            self.learning_rate = 1e-3 if self.use_lora else 1e-4
         if self.epochs is None:
-            self.epochs = 10.0 if self.use_lora else 4.0
+            self.epochs = 8.0 if self.use_lora else 4.0
         self.validate()
 
     def validate(self) -> None:
