@@ -62,7 +62,8 @@ class TorchRunner:
 
 class OnnxRunner:
     """An ONNX Runtime CPU session tuned for small batches: a fixed number of intra-op
-    threads, one inter-op thread, all graph optimisations."""
+    threads, one inter-op thread, all graph optimisations but SkipLayerNorm fusion (its CPU
+    kernel is slower than the Add + LayerNormalization it replaces; see `export.onnx`)."""
 
     backend = "onnx"
 
@@ -77,7 +78,10 @@ class OnnxRunner:
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                str(path),
+                options,
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=["SkipLayerNormFusion"],
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise FinloraError(
