@@ -6,8 +6,9 @@ in-process, and the HTTP service on loopback.
 Needs a `finlora train` output dir (default recipe: `finlora train --config
 config/phrasebank_lora.yaml`); exports it to ONNX with int8 first if it has no export yet.
 Texts are the run's own test split (PhraseBank test sentences for the default recipe).
-Every in-process timing includes tokenization and the softmax/label records of
-`Predictor.predict`; HTTP timings are measured by the client, JSON and loopback included.
+Each in-process backend runs in a fresh process; every timing includes tokenization and
+the softmax/label records of `Predictor.predict`; HTTP timings are measured by the client,
+JSON and loopback included.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -56,6 +58,15 @@ def bench_in_process(predictor: Predictor, texts: list[str], n: int, rounds: int
             done += 32
     elapsed = time.perf_counter() - start
     return {"batch1": percentiles(single), "batch32_texts_per_s": round(done / elapsed, 1)}
+
+
+def measure_backend(
+    model: Path, backend: str, precision: str, threads: int, texts: list[str], n: int, rounds: int
+) -> dict:
+    predictor = Predictor.load(
+        model, batch_size=32, backend=backend, precision=precision, threads=threads
+    )
+    return bench_in_process(predictor, texts, n, rounds)
 
 
 def free_port() -> int:
@@ -178,17 +189,20 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "in_process": {},
     }
+    # Each backend in a fresh interpreter, as a service would run it: no thread pool or
+    # allocator state left over from the backend measured before.
+    spawn = multiprocessing.get_context("spawn")
     for name, backend, precision in (
         ("torch_fp32", "torch", "auto"),
         ("onnx_fp32", "onnx", "fp32"),
         ("onnx_int8", "onnx", "int8"),
     ):
-        predictor = Predictor.load(
-            model, batch_size=32, backend=backend, precision=precision, threads=args.threads
-        )
-        results["in_process"][name] = bench_in_process(predictor, texts, args.n, args.rounds)
+        with spawn.Pool(1) as pool:
+            results["in_process"][name] = pool.apply(
+                measure_backend,
+                (model, backend, precision, args.threads, texts, args.n, args.rounds),
+            )
         print(name, results["in_process"][name], file=sys.stderr)
-        del predictor
     torch_tput = results["in_process"]["torch_fp32"]["batch32_texts_per_s"]
     results["int8_throughput_vs_torch"] = round(
         results["in_process"]["onnx_int8"]["batch32_texts_per_s"] / torch_tput, 2
