@@ -121,10 +121,9 @@ def export_onnx(
         fused = optimize(raw, staging / ONNX_FILES["fp32"], model.config)
         fp32_path, int8_path = staging / ONNX_FILES["fp32"], staging / ONNX_FILES["int8"]
         kept_fp32: list[str] = []
-        ffn_outputs: list[str] = []
         if quantize:
             log.info("quantizing to int8 (dynamic)")
-            ffn_outputs = quantize_int8(fp32_path, int8_path, keep_fp32=[])
+            quantize_int8(fp32_path, int8_path, keep_fp32=kept_fp32)
         tokenizer.save_pretrained(staging)
         model.config.save_pretrained(staging)
         write_json(
@@ -133,12 +132,14 @@ def export_onnx(
         )
         if (model_dir / THRESHOLDS).is_file():  # the export must run without its parent dir
             shutil.copyfile(model_dir / THRESHOLDS, staging / THRESHOLDS)
-        check = (model, tokenizer, max_length, labels, staging, precisions, data, threads)
-        parity, failures = verify(*check, thresholds)
-        # All-int8 is fastest. Where it misses the contract, the feed-forward output projections
-        # (the layers int8 hurts most) go back to fp32 one layer at a time, first layer first
-        # (its error passes through every later layer), until the contract holds.
-        while quantize and any(f.startswith("int8") for f in failures) and ffn_outputs:
+        reference = torch_reference(model, tokenizer, max_length, data, thresholds)
+        check = (model, tokenizer, max_length, labels, staging)
+        parity, failures = verify(*check, precisions, data, threads, thresholds, reference)
+        # All-int8 is fastest. Where only int8 misses the contract, the feed-forward output
+        # projections (the layers int8 hurts most) go back to fp32 one layer at a time, first
+        # layer first (its error passes through every later layer), until the contract holds.
+        ffn_outputs = ffn_output_matmuls(fp32_path) if quantize else []
+        while failures and all(f.startswith("int8") for f in failures) and ffn_outputs:
             kept_fp32.append(ffn_outputs.pop(0))
             log.info(
                 "int8 misses the contract (%s); keeping %d feed-forward output projection(s) "
@@ -147,7 +148,8 @@ def export_onnx(
                 len(kept_fp32),
             )
             quantize_int8(fp32_path, int8_path, keep_fp32=kept_fp32)
-            parity, failures = verify(*check, thresholds)
+            int8_parity, failures = verify(*check, ["int8"], data, threads, thresholds, reference)
+            parity["int8"] = int8_parity["int8"]
         if failures:
             raise FinloraError(
                 f"ONNX export failed verification on the {data.source} sample "
@@ -275,23 +277,25 @@ def optimize(raw: Path, target: Path, config) -> dict[str, int]:
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def quantize_int8(source: Path, target: Path, keep_fp32: list[str]) -> list[str]:
-    """Dynamic int8 with per-channel weight scales, except the MatMuls in `keep_fp32`.
-
-    Returns the model's feed-forward output projections, in layer order: their input (the GELU
+def ffn_output_matmuls(path: Path) -> list[str]:
+    """The model's feed-forward output projections, in layer order: their input (the GELU
     output) has the outlier channels that per-tensor activation quantization handles worst, so
-    they are the ones to keep in fp32 when int8 loses too much (see docs/serving.md).
-    """
+    they are the ones to keep in fp32 when int8 loses too much (see docs/serving.md)."""
     import onnx
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = onnx.load(str(source), load_external_data=False).graph
-    ffn_outputs = [
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [
         n.name
         for n in graph.node
         if n.op_type == "MatMul" and FFN_OUTPUT.search(n.name) and "attention" not in n.name
     ]
+
+
+def quantize_int8(source: Path, target: Path, keep_fp32: list[str]) -> None:
+    """Dynamic int8 with per-channel weight scales, except the MatMuls in `keep_fp32`."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     with _quiet_logging():
         quantize_dynamic(
             str(source),
@@ -302,7 +306,6 @@ def quantize_int8(source: Path, target: Path, keep_fp32: list[str]) -> list[str]
             # Fused ops (com.microsoft domain) defeat shape inference; their outputs are float.
             extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
-    return ffn_outputs
 
 
 @contextlib.contextmanager
@@ -341,6 +344,25 @@ def verification_data(model_dir: Path, labels: list[str]) -> VerificationData:
     )
 
 
+@dataclass
+class TorchReference:
+    """PyTorch's outputs on the verification data, computed once per export."""
+
+    predictor: Predictor
+    logits: np.ndarray
+    test_macro_f1: float | None
+
+
+def torch_reference(
+    model, tokenizer, max_length: int, data: VerificationData, thresholds: list[float] | None
+) -> TorchReference:
+    predictor = Predictor(model, tokenizer, max_length, 32, thresholds=thresholds)
+    f1 = None
+    if data.test_texts:
+        f1 = _macro_f1(data.test_truth, _decide(predictor, data.test_texts), predictor.labels)
+    return TorchReference(predictor, predictor.logits(data.texts), f1)
+
+
 def verify(
     model,
     tokenizer,
@@ -351,26 +373,24 @@ def verify(
     data: VerificationData,
     threads: int | None,
     thresholds: list[float] | None = None,
+    reference: TorchReference | None = None,
 ) -> tuple[dict, list[str]]:
     """Compare every exported model with PyTorch: the parity block and the contract's failures.
 
     "Labels" are the argmax class, or for a multi-label model the set of labels whose score
     reaches its threshold (a text agrees only when its whole set does).
     """
-    reference = Predictor(model, tokenizer, max_length, 32, thresholds=thresholds)
-    ref_logits = reference.logits(data.texts)
-    ref_f1 = None
-    if data.test_texts:
-        ref_f1 = _macro_f1(data.test_truth, _decide(reference, data.test_texts), labels)
+    reference = reference or torch_reference(model, tokenizer, max_length, data, thresholds)
+    ref_f1, ref_logits = reference.test_macro_f1, reference.logits
     parity: dict = {"sample": data.source, "size": len(data.texts)}
     failures = []
     for precision in precisions:
         runner = OnnxRunner(onnx_dir / ONNX_FILES[precision], threads, precision)
         candidate = Predictor(
-            runner, tokenizer, max_length, 32, labels, thresholds, reference.multi_label
+            runner, tokenizer, max_length, 32, labels, thresholds, reference.predictor.multi_label
         )
         logits = candidate.logits(data.texts)
-        agree = _decisions(candidate, logits) == _decisions(reference, ref_logits)
+        agree = _decisions(candidate, logits) == _decisions(reference.predictor, ref_logits)
         block = {
             "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
             "label_agreement": float(agree.reshape(len(agree), -1).all(axis=1).mean()),
