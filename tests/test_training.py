@@ -9,7 +9,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finlora.cli import main
-from finlora.training import cpu_supports_bf16, epoch_history, precision_policy
+from finlora.training import (
+    cpu_supports_bf16,
+    epoch_history,
+    precision_policy,
+    report_truncation,
+)
 
 EXPECTED_LORA_FILES = {
     "README.md",
@@ -83,6 +88,8 @@ def test_final_results_schema(lora_run):
     assert results["seed"] == 42
     assert results["train_seconds"] > 0 and results["peak_memory_mb"] > 0
     assert {"torch", "transformers", "peft"} <= set(results["versions"])
+    lengths = results["train_token_lengths"]
+    assert lengths["max_length"] == 48 and lengths["min"] <= lengths["p50"] <= lengths["max"]
 
 
 def test_merged_model_loads_with_plain_transformers(lora_run):
@@ -185,3 +192,18 @@ def test_epoch_history_from_trainer_log():
     assert epoch_history(log) == [
         {"epoch": 1.0, "train_loss": 0.9, "validation_loss": 0.5, "macro_f1": 0.7, "accuracy": 0.8}
     ]
+
+
+def test_truncating_many_training_texts_warns_with_a_covering_max_length(
+    packaged_model_dir, caplog
+):
+    tokenizer = AutoTokenizer.from_pretrained(packaged_model_dir)
+    texts = ["profit rose"] * 8 + ["net sales " * 20] * 2  # 20% of texts are 42 tokens
+    with caplog.at_level("WARNING", logger="finlora.training"):
+        stats = report_truncation(tokenizer, texts, max_length=16, model_limit=512)
+    assert stats["truncated"] == 2 and stats["truncated_share"] == 0.2
+    assert "--max_length 48 keeps 99%" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="finlora.training"):
+        assert report_truncation(tokenizer, texts, max_length=64, model_limit=512)["truncated"] == 0
+    assert caplog.text == ""

@@ -19,6 +19,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from finlora.artifacts import write_json
 from finlora.config import ProfileConfig, TrainConfig
+from finlora.data.lengths import length_stats, token_lengths
 from finlora.data.prepare import load_clean
 from finlora.data.split import imbalance_ratio
 from finlora.report import pyplot
@@ -26,7 +27,6 @@ from finlora.report import pyplot
 log = logging.getLogger(__name__)
 
 WORD = re.compile(r"[a-z][a-z'\-]*[a-z]")
-PERCENTILES = (50, 90, 95, 99)
 
 
 def words(text: str) -> list[str]:
@@ -55,29 +55,10 @@ def distinctive_words(counts: dict[str, Counter], top: int, min_count: int = 5) 
     return out
 
 
-def token_lengths(texts: list[str], model_name: str) -> np.ndarray:
-    """Tokens per text as the model sees it (special tokens included), without truncation."""
-    from finlora.modeling import load_tokenizer
-
-    tokenizer = load_tokenizer(model_name)
-    encoded = tokenizer(texts, truncation=False, add_special_tokens=True, verbose=False)
-    return np.asarray([len(ids) for ids in encoded["input_ids"]])
-
-
-def length_stats(lengths: np.ndarray, max_length: int) -> dict:
-    return {
-        "min": int(lengths.min()),
-        "mean": round(float(lengths.mean()), 2),
-        **{f"p{p}": float(np.percentile(lengths, p)) for p in PERCENTILES},
-        "max": int(lengths.max()),
-        "max_length": max_length,
-        "truncated": int((lengths > max_length).sum()),
-        "truncated_share": round(float((lengths > max_length).mean()), 4),
-    }
-
-
 def profile(settings: ProfileConfig) -> dict:
     """Compute the profile, write profile.json, profile.md and plots; return the profile."""
+    from finlora.modeling import load_tokenizer  # transformers only when profiling
+
     config = TrainConfig(
         dataset=settings.dataset,
         data=settings.data,
@@ -88,7 +69,7 @@ def profile(settings: ProfileConfig) -> dict:
     clean = load_clean(config)
     frame, labels = clean.frame, clean.labels
     cleaning = clean.files["train"]
-    lengths = token_lengths(frame["text"].tolist(), settings.model_name)
+    lengths = token_lengths(load_tokenizer(settings.model_name), frame["text"].tolist())
     counts = {lab: int((frame["label"] == lab).sum()) for lab in labels}
     per_class_words = {
         lab: Counter(w for text in frame.loc[frame["label"] == lab, "text"] for w in words(text))
