@@ -132,3 +132,20 @@ def test_all_linear_adapts_every_encoder_linear_and_trains_only_adapters_and_hea
     assert head and all("classifier.modules_to_save" in n for n in head)
     with pytest.raises(FinloraError, match="all-linear"):
         apply_lora(load_classifier(str(tiny_model_dir), LABELS), 2, 4, 0.0, ["all-linear", "query"])
+
+
+def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(lora_model):
+    from finlora.config import TrainConfig
+    from finlora.training import loraplus_optimizer
+
+    assert loraplus_optimizer(lora_model, TrainConfig(learning_rate=1e-3)) is None
+    optimizer = loraplus_optimizer(
+        lora_model, TrainConfig(learning_rate=1e-3, loraplus_lr_ratio=16)
+    )
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    named = {name: rate[id(p)] for name, p in lora_model.named_parameters() if p.requires_grad}
+    assert len(named) == len(rate), "every trainable parameter is optimised exactly once"
+    b_rates = [lr for name, lr in named.items() if "lora_B" in name]
+    a_rates = [lr for name, lr in named.items() if "lora_A" in name]
+    assert b_rates and b_rates == pytest.approx([16e-3] * len(b_rates))
+    assert a_rates and a_rates == pytest.approx([1e-3] * len(a_rates))

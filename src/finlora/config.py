@@ -98,6 +98,9 @@ class TrainConfig:
     lora_dropout: float = _opt(
         0.0, "dropout on the LoRA input (0, as in PEFT: on CPU, dropout costs 15% of a step)"
     )
+    loraplus_lr_ratio: float = _opt(
+        0.0, "LoRA+: the adapters' B matrices learn this many times faster than A (0: off)"
+    )
     lora_target_modules: list[str] | None = _list(
         "modules to adapt, comma-separated, or all-linear (every linear layer but the head); "
         "default: resolved per architecture"
@@ -185,6 +188,10 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "max_length", "lora_r"):
             if getattr(self, name) < 1:
                 raise FinloraError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.loraplus_lr_ratio < 0:
+            raise FinloraError(
+                f"--loraplus_lr_ratio must be 0 (off) or positive, got {self.loraplus_lr_ratio}"
+            )
         if self.epochs <= 0:
             raise FinloraError(f"--epochs must be positive, got {self.epochs}")
         if self.learning_rate <= 0:

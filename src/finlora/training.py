@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import (
@@ -227,6 +228,21 @@ def report_truncation(tokenizer, texts: Sequence[str], max_length: int, model_li
     return stats
 
 
+def loraplus_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
+    """LoRA+ (Hayou et al. 2024): AdamW with the B matrices (and biases) at `loraplus_lr_ratio`
+    times the learning rate; None lets the Trainer build its usual AdamW."""
+    if not (config.use_lora and config.loraplus_lr_ratio > 0):
+        return None
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=config.learning_rate,
+        loraplus_lr_ratio=config.loraplus_lr_ratio,
+        weight_decay=config.weight_decay,
+        loraplus_weight_decay=config.weight_decay,
+    )
+
+
 def resolve_loss(config: TrainConfig, data: PreparedData) -> tuple[str, list[float] | None]:
     """The loss name and its weights: class weights, or per-label pos_weight for multi-label."""
     loss_name = resolve_loss_name(config.loss, data.imbalanced, data.multi_label)
@@ -422,6 +438,7 @@ def train(
         trainer = WeightedLossTrainer(
             model=model,
             args=args,
+            optimizers=(loraplus_optimizer(model, config), None),
             train_dataset=train_set,
             eval_dataset=validation_set,
             data_collator=DataCollatorWithPadding(tokenizer),
