@@ -138,7 +138,8 @@ def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(lora_model):
     from finlora.config import TrainConfig
     from finlora.training import loraplus_optimizer
 
-    assert loraplus_optimizer(lora_model, TrainConfig(learning_rate=1e-3)) is None
+    plain = TrainConfig(learning_rate=1e-3, loraplus_lr_ratio=0)
+    assert loraplus_optimizer(lora_model, plain) is None
     optimizer = loraplus_optimizer(
         lora_model, TrainConfig(learning_rate=1e-3, loraplus_lr_ratio=16)
     )

@@ -112,7 +112,7 @@ def test_dry_run_prints_a_valid_spot_request(capsys):
     }
     assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["train", "test"]
     hp = request["HyperParameters"]
-    assert hp["epochs"] == "3.0" and hp["max_length"] == "64"  # flag, recipe
+    assert hp["epochs"] == "3.0" and hp["dataset"] == "phrasebank_allagree"  # flag, recipe
     assert "use_lora" not in hp  # equal to the default: not sent
     with pytest.raises(ParamValidationError):  # the check the launcher relies on can fail
         validate_parameters({**request, "RoleArn": "arn:x"}, shape.operation_model(

@@ -99,7 +99,9 @@ class TrainConfig:
         0.0, "dropout on the LoRA input (0, as in PEFT: on CPU, dropout costs 15% of a step)"
     )
     loraplus_lr_ratio: float = _opt(
-        0.0, "LoRA+: the adapters' B matrices learn this many times faster than A (0: off)"
+        16.0,
+        "LoRA+ (Hayou et al. 2024): the adapters' B matrices learn this many times faster "
+        "than A, which converges in fewer epochs (0: plain LoRA)",
     )
     lora_target_modules: list[str] | None = _list(
         "modules to adapt, comma-separated, or all-linear (every linear layer but the head); "
@@ -108,12 +110,14 @@ class TrainConfig:
 
     # --- training ---
     epochs: float | None = _opt(
-        None, "training epochs (default: 8 with LoRA, 4 for full fine-tuning)"
+        None, "training epochs (default: 5 with LoRA, 4 for full fine-tuning)"
     )
     batch_size: int = _opt(16, "per-device training batch size")
     eval_batch_size: int = _opt(64, "per-device evaluation batch size")
     learning_rate: float | None = _opt(
-        None, "peak learning rate (default: 1e-3 with LoRA, 1e-4 for full fine-tuning)"
+        None,
+        "peak learning rate (default: 5e-4 with LoRA, its B matrices x loraplus_lr_ratio; "
+        "1e-4 for full fine-tuning)",
     )
     max_length: int = _opt(
         64, "tokens per text; longer texts are truncated (training warns when that is over 5%)"
@@ -163,9 +167,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # LoRA's zero-initialised matrices need a learning rate ~10x full fine-tuning's.
         if self.learning_rate is None:
-            self.learning_rate = 1e-3 if self.use_lora else 1e-4
+            self.learning_rate = 5e-4 if self.use_lora else 1e-4
         if self.epochs is None:
-            self.epochs = 8.0 if self.use_lora else 4.0
+            self.epochs = 5.0 if self.use_lora else 4.0
         self.validate()
 
     def validate(self) -> None:

@@ -161,10 +161,12 @@ def test_a_burst_of_concurrent_requests_has_zero_errors(server, exported_dir):
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * len(responses)
     got = [r.json()["predictions"][0] for r in responses[: len(texts)]]
-    for g, e in zip(got, expected):  # batched with strangers, still the same answer
+    # Batched with strangers, still the same answer. Dynamic int8 quantizes each batch's
+    # activations with one scale, so co-batched texts can move a probability by ~1e-4.
+    for g, e in zip(got, expected):
         assert g["label"] == e["label"] and g["truncated"] == e["truncated"]
         for name, p in e["probabilities"].items():
-            assert abs(g["probabilities"][name] - p) < 1e-4
+            assert abs(g["probabilities"][name] - p) < 1e-3
     assert [p["label"] for p in responses[-1].json()["predictions"]] == [
         e["label"] for e in expected[50:54]
     ]
