@@ -165,7 +165,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        # LoRA's zero-initialised matrices need a learning rate ~10x full fine-tuning's.
+        # LoRA's zero-initialised matrices need a higher learning rate than full fine-tuning
+        # (5x here, and LoRA+ moves the B matrices loraplus_lr_ratio times faster still).
         if self.learning_rate is None:
             self.learning_rate = 5e-4 if self.use_lora else 1e-4
         if self.epochs is None:
@@ -294,7 +295,9 @@ class ProfileConfig:
     text_column: str = _opt("text", "column holding the text")
     label_column: str = _opt("label", "column holding the label")
     model_name: str = _opt(DEFAULT_MODEL, "tokenizer used to count tokens")
-    max_length: int = _opt(64, "the training max_length: longer texts get truncated")
+    max_length: int = _opt(
+        TrainConfig.max_length, "the training max_length: longer texts get truncated"
+    )
     top_tokens: int = _opt(15, "most frequent words listed per class")
     output_dir: str = _opt("reports/profile", "where profile.md, profile.json and plots go")
 
