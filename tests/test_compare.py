@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -96,6 +97,21 @@ def test_plots_are_readable_pngs(single):
     for name in ("confusion_matrices.png", "learning_curves.png", "summary.png"):
         assert_png(out / name)
         assert f"]({name})" in (out / "report.md").read_text()
+
+
+def test_report_lists_the_warnings_of_its_runs(single, tmp_path):
+    config, _, out = single
+    copy = tmp_path / "warned"
+    shutil.copytree(out, copy)
+    run_file = copy / "runs" / "lora-seed42" / "final_results.json"
+    run = read_json(run_file)
+    run["warnings"] = ["the trained model predicts 'neutral' for every validation text"]
+    run_file.write_text(json.dumps(run))
+    report = compare(settings(config.data, config.model_name, copy))
+    lora_run = report["strategies"]["lora"]["runs"][0]
+    assert lora_run["warnings"] == run["warnings"]
+    markdown = (copy / "report.md").read_text()
+    assert "- LoRA, seed 42: the trained model predicts 'neutral'" in markdown
 
 
 def test_rerun_skips_finished_runs_and_redoes_missing_ones(single):

@@ -9,11 +9,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finlora.cli import main
+from finlora.config import TrainConfig
 from finlora.training import (
     cpu_supports_bf16,
     epoch_history,
     precision_policy,
     report_truncation,
+    single_class_warning,
 )
 
 EXPECTED_LORA_FILES = {
@@ -90,6 +92,8 @@ def test_final_results_schema(lora_run):
     assert {"torch", "transformers", "peft"} <= set(results["versions"])
     lengths = results["train_token_lengths"]
     assert lengths["max_length"] == 48 and lengths["min"] <= lengths["p50"] <= lengths["max"]
+    predicted = [n for n in results["validation"]["prediction_distribution"].values() if n]
+    assert bool(results["warnings"]) == (len(predicted) == 1)
 
 
 def test_merged_model_loads_with_plain_transformers(lora_run):
@@ -207,3 +211,16 @@ def test_truncating_many_training_texts_warns_with_a_covering_max_length(
     with caplog.at_level("WARNING", logger="finlora.training"):
         assert report_truncation(tokenizer, texts, max_length=64, model_limit=512)["truncated"] == 0
     assert caplog.text == ""
+
+
+def test_a_model_predicting_one_class_everywhere_gets_a_warning_naming_the_fix():
+    collapsed = {"prediction_distribution": {"negative": 0, "neutral": 226, "positive": 0}}
+    lora = single_class_warning(collapsed, TrainConfig(learning_rate=1e-3, loraplus_lr_ratio=8))
+    assert "predicts 'neutral' for every validation text" in lora
+    assert "--learning_rate (now 0.001) or --loraplus_lr_ratio (now 8)" in lora
+    full = single_class_warning(collapsed, TrainConfig(use_lora=False))
+    assert "--learning_rate (now 0.0001)" in full and "loraplus" not in full
+    healthy = {"prediction_distribution": {"negative": 30, "neutral": 150, "positive": 46}}
+    assert single_class_warning(healthy, TrainConfig()) is None
+    one_class_data = {"prediction_distribution": {"neutral": 226}}
+    assert single_class_warning(one_class_data, TrainConfig()) is None

@@ -260,6 +260,7 @@ def run_record(unit: RunUnit, settings: CompareConfig) -> dict:
         "test_size": test["size"],
         "device": results.get("device"),
         "precision": results.get("precision"),
+        "warnings": results.get("warnings", []),
     }
 
 

@@ -208,6 +208,18 @@ def write_markdown(report: dict, out: Path) -> None:
             f"{_cell(s, 'peak_memory_mb', '{:.0f}')} | "
             f"{_cell(s, 'inference_sentences_per_second', '{:.0f}')} |"
         )
+    warned = [
+        (name, run) for name, s in strategies.items() for run in s["runs"] if run.get("warnings")
+    ]
+    if warned:
+        lines += ["", "**Warnings** (these runs are in the means above; check or rerun them):", ""]
+        lines += [
+            f"- {NAMES[name]}, seed {run['seed']}"
+            + ("" if run["fold"] is None else f", fold {run['fold'] + 1}")
+            + f": {warning}"
+            for name, run in warned
+            for warning in run["warnings"]
+        ]
     labels = report["labels"]
     lines += [
         "",

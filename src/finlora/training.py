@@ -228,6 +228,23 @@ def report_truncation(tokenizer, texts: Sequence[str], max_length: int, model_li
     return stats
 
 
+def single_class_warning(validation: dict, config: TrainConfig) -> str | None:
+    """A model that gives every validation text the same class has learned nothing: training
+    diverged or stalled (one LoRA+ run with A at 1e-3 did). Say so, with the fix, instead of
+    shipping it quietly."""
+    counts = validation["prediction_distribution"]
+    predicted = [name for name, count in counts.items() if count > 0]
+    if len(counts) < 2 or len(predicted) != 1:
+        return None
+    rates = f"--learning_rate (now {config.learning_rate:g})"
+    if config.use_lora and config.loraplus_lr_ratio > 0:
+        rates += f" or --loraplus_lr_ratio (now {config.loraplus_lr_ratio:g})"
+    return (
+        f"the trained model predicts '{predicted[0]}' for every validation text: training "
+        f"diverged or stalled; retrain with a lower {rates}, or another --seed"
+    )
+
+
 def loraplus_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
     """LoRA+ (Hayou et al. 2024): AdamW with the B matrices (and biases) at `loraplus_lr_ratio`
     times the learning rate; None lets the Trainer build its usual AdamW."""
@@ -530,6 +547,9 @@ def write_artifacts(
                 data.label_ids("test"), predictor.predict_ids(data.test["text"]), data.labels
             )
             log.info("\n%s", format_report(test, "test"))
+    warning = None if data.multi_label else single_class_warning(validation, config)
+    if warning:
+        log.warning(warning)
     history = epoch_history(trainer.state.log_history)
     results = {
         "task": data.problem_type,
@@ -556,6 +576,7 @@ def write_artifacts(
         },
         "data": data.info,
         "train_token_lengths": train_token_lengths,
+        "warnings": [warning] if warning else [],
         "versions": library_versions(),
     }
     write_json(staging / RESULTS, results)
