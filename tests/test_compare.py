@@ -187,6 +187,79 @@ def test_baseline_is_a_real_model(tmp_path, phrasebank_allagree):
     assert again["confusion_matrix"] == run["test"]["confusion_matrix"]
 
 
+def test_group_folds_keep_each_document_in_one_place(claudette_dir):
+    config = TrainConfig(data=str(claudette_dir), validation_size=0.15)
+    folds = prepare_folds(config, 5)
+    documents = [{part: set(getattr(f, part)["group"]) for part in ("train", "validation", "test")}
+                 for f in folds]  # fmt: skip
+    tested = [d["test"] for d in documents]
+    assert sum(map(len, tested)) == len(set().union(*tested)) == 50  # each ToS tested once
+    for fold, parts in zip(folds, documents):
+        assert not (parts["train"] & parts["validation"] or parts["train"] & parts["test"]
+                    or parts["validation"] & parts["test"])  # fmt: skip
+        assert min(fold.class_counts("test")) > 0  # stratified: arbitration (44) in every fold
+        assert fold.info["split_strategy"] == "stratified group 5-fold"
+    one_split = prepare_data(TrainConfig(data=str(claudette_dir), validation_size=0.15,
+                                         test_size=0.2))  # fmt: skip
+    assert folds[0].info["split_sha256"] == one_split.info["split_sha256"]
+    with pytest.raises(FinloraError, match="need at least 51"):
+        prepare_folds(config, 50)
+
+
+def test_multilabel_baseline_is_a_real_model(tmp_path, claudette_dir):
+    data = prepare_data(TrainConfig(data=str(claudette_dir), validation_size=0.15, test_size=0.2))
+    run = train_baseline(data, tmp_path / "baseline")
+    assert run["task"] == "multi_label"
+    # flagging every sentence scores 0.06 macro-F1; a linear model on words, about 0.69
+    assert run["test"]["macro_f1"] > 0.6 and not run["test"]["never_predicted"]
+    assert set(run["test"]["thresholds"]) == set(data.labels)
+    loaded = BaselineModel.load(tmp_path / "baseline")
+    decisions = loaded.predict_label_matrix(data.test["text"])
+    assert decisions.sum(0).tolist() == list(run["test"]["prediction_distribution"].values())
+
+
+def test_baseline_keeps_a_label_without_training_positives(tmp_path):
+    texts = ["we may terminate your account", "governed by the laws of france", "hello"] * 4
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]] * 4)
+    model = BaselineModel.fit(texts, targets, ["TER", "LAW", "A"], c=1.0, seed=0)
+    model.save(tmp_path)
+    loaded = BaselineModel.load(tmp_path)
+    scores = loaded.label_scores(texts[:3])
+    assert scores[:, 2].max() < 1e-6  # never predicted, as the transformers would learn
+    assert scores[0, 0] > scores[1, 0] and scores[1, 1] > scores[0, 1]
+
+
+def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slice):
+    out = tmp_path / "ml"
+    config = settings(claudette_slice, tiny_model_dir, out, folds=3, validation_size=0.34,
+                      strategies=["full", "baseline"])  # fmt: skip
+    report = compare(config)
+    assert report["problem_type"] == "multi_label" and report["complete"]
+    assert report["split"]["kind"] == "stratified group 3-fold"
+    tested = [set(results(out, f"baseline-seed42-fold{k}")["data"]["groups"]["test"])
+              for k in range(3)]  # fmt: skip
+    assert sum(map(len, tested)) == len(set().union(*tested)) == 6
+    markdown = (out / "report.md").read_text()
+    for strategy in ("full", "baseline"):
+        runs = [results(out, f"{strategy}-seed42-fold{k}")["test"] for k in range(3)]
+        row = report["strategies"][strategy]
+        assert row["macro_f1"] == pytest.approx(np.mean([r["macro_f1"] for r in runs]))
+        assert row["micro_f1"] == pytest.approx(np.mean([r["micro_f1"] for r in runs]))
+        assert row["accuracy"] == pytest.approx(np.mean([r["subset_accuracy"] for r in runs]))
+        assert row["lexglue_macro_f1"] == pytest.approx(
+            np.mean([r["lexglue"]["macro_f1"] for r in runs])
+        )
+        assert row["per_class_f1"]["LTD"] == pytest.approx(
+            np.mean([r["per_label"]["LTD"]["f1"] for r in runs])
+        )
+        assert row["per_class_support"]["LTD"] == sum(r["per_label"]["LTD"]["support"]
+                                                      for r in runs)  # fmt: skip
+        assert f"{row['macro_f1']:.4f} ± " in markdown
+    assert "exact match" in markdown and "LexGLUE macro-F1" in markdown
+    assert_png(out / "per_label_f1.png")
+    assert not (out / "confusion_matrices.png").exists()
+
+
 def test_bootstrap_interval():
     assert bootstrap_macro_f1_ci([[10, 0], [0, 10]], 100, 0) == [1.0, 1.0]
     low, high = bootstrap_macro_f1_ci([[40, 10], [5, 45]], 500, 0)

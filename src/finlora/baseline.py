@@ -2,8 +2,10 @@
 
 Trained on the same `PreparedData` as the transformers and written in the same layout
 (`final_results.json` with the same `test`/`validation` blocks), so `finlora compare` reads
-every strategy the same way. The model is saved without pickles: the vocabulary and settings
-as JSON, the IDF weights and coefficients as safetensors.
+every strategy the same way. Multi-label data gets one balanced logistic regression per label
+and per-label thresholds tuned on validation, as the transformers do. The model is saved
+without pickles: the vocabulary and settings as JSON, the IDF weights and coefficients as
+safetensors.
 """
 
 from __future__ import annotations
@@ -20,14 +22,20 @@ import sklearn
 from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
 
 from finlora import __version__
 from finlora.artifacts import RESULTS, atomic_output_dir, read_json, write_json
 from finlora.data import PreparedData
 from finlora.errors import FinloraError
-from finlora.evaluation import classification_report, format_report
+from finlora.evaluation import (
+    apply_thresholds,
+    classification_report,
+    format_multilabel_report,
+    format_report,
+    multilabel_report,
+    tune_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,41 +46,97 @@ C_GRID = (0.25, 1.0, 4.0, 16.0, 64.0)
 VECTORIZER_SETTINGS = {"ngram_range": (1, 2), "sublinear_tf": True, "lowercase": True}
 
 
-class BaselineModel:
-    """A fitted TF-IDF vectorizer and logistic regression with the label names."""
+def _logistic_regression(c: float, seed: int) -> LogisticRegression:
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed)
 
-    def __init__(self, vectorizer: TfidfVectorizer, classifier: LogisticRegression, labels):
+
+def _constant_classifier(label: str, y: np.ndarray, features: int, c: float):
+    """A label that is on (or off) for every training text: a logistic regression that says so.
+
+    scikit-learn cannot fit one class; the transformers train on such a label too (with a
+    warning), so the baseline does the same instead of failing the comparison.
+    """
+    log.warning("baseline: label %s is %s for every training text", label,
+                "on" if y.any() else "off")  # fmt: skip
+    classifier = _logistic_regression(c, seed=0)
+    classifier.classes_ = np.array([0, 1])
+    classifier.coef_ = np.zeros((1, features))
+    classifier.intercept_ = np.array([30.0 if y.any() else -30.0])
+    return classifier
+
+
+class BaselineModel:
+    """A fitted TF-IDF vectorizer and logistic regression with the label names.
+
+    Multi-label: `classifiers` holds one binary logistic regression per label and
+    `thresholds` the per-label decision thresholds; single-label: one multinomial classifier.
+    """
+
+    def __init__(
+        self,
+        vectorizer: TfidfVectorizer,
+        classifiers: list[LogisticRegression],
+        labels,
+        thresholds: list[float] | None = None,
+    ):
         self.vectorizer = vectorizer
-        self.classifier = classifier
+        self.classifiers = classifiers
         self.labels = list(labels)
+        self.thresholds = thresholds
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
+
+    @property
+    def C(self) -> float:
+        return float(self.classifiers[0].C)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], label_ids: Sequence[int], labels, c: float, seed: int):
+    def fit(cls, texts: Sequence[str], targets, labels, c: float, seed: int):
+        """`targets`: class ids, or a multi-hot matrix (rows, labels) for multi-label data."""
         vectorizer = TfidfVectorizer(**VECTORIZER_SETTINGS)
         features = vectorizer.fit_transform(list(texts))
-        classifier = LogisticRegression(
-            C=c, class_weight="balanced", max_iter=5000, random_state=seed
-        )
+        targets = np.asarray(targets)
+        columns = targets.T if targets.ndim == 2 else [targets]
         # One BLAS thread: these small sparse problems run 10x slower when BLAS threads
         # compete for busy cores (measured: 16 s instead of 1 s for one fit on PhraseBank).
         with threadpool_limits(limits=1):
-            classifier.fit(features, list(label_ids))
-        return cls(vectorizer, classifier, labels)
+            classifiers = [
+                _logistic_regression(c, seed).fit(features, y)
+                if targets.ndim == 1 or 0 < y.sum() < len(y)
+                else _constant_classifier(label, y, features.shape[1], c)
+                for label, y in zip(labels, columns)
+            ]
+        thresholds = [0.5] * len(labels) if targets.ndim == 2 else None
+        return cls(vectorizer, classifiers, labels, thresholds)
+
+    def features(self, texts: Sequence[str]):
+        return self.vectorizer.transform([str(t) for t in texts])
 
     def predict_ids(self, texts: Sequence[str]) -> list[int]:
-        return self.classifier.predict(self.vectorizer.transform([str(t) for t in texts])).tolist()
+        return self.classifiers[0].predict(self.features(texts)).tolist()
+
+    def label_scores(self, texts: Sequence[str]) -> np.ndarray:
+        """Multi-label: each label's probability, shape (texts, labels)."""
+        x = self.features(texts)
+        return np.stack([m.predict_proba(x)[:, 1] for m in self.classifiers], axis=1)
+
+    def predict_label_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        return apply_thresholds(self.label_scores(texts), self.thresholds)
 
     @property
     def parameter_count(self) -> int:
-        return int(self.classifier.coef_.size + self.classifier.intercept_.size)
+        return int(sum(m.coef_.size + m.intercept_.size for m in self.classifiers))
 
     def save(self, directory: Path) -> None:
         write_json(
             directory / MODEL_JSON,
             {
                 "labels": self.labels,
-                "classes": self.classifier.classes_.tolist(),
-                "C": self.classifier.C,
+                "classes": [m.classes_.tolist() for m in self.classifiers],
+                "C": self.C,
+                "thresholds": self.thresholds,
                 "vectorizer": VECTORIZER_SETTINGS,
                 "vocabulary": {term: int(i) for term, i in self.vectorizer.vocabulary_.items()},
             },
@@ -80,8 +144,8 @@ class BaselineModel:
         save_file(
             {  # safetensors writes raw buffers: Fortran-ordered arrays would come back transposed
                 "idf": np.ascontiguousarray(self.vectorizer.idf_),
-                "coef": np.ascontiguousarray(self.classifier.coef_),
-                "intercept": np.ascontiguousarray(self.classifier.intercept_),
+                "coef": np.ascontiguousarray(np.vstack([m.coef_ for m in self.classifiers])),
+                "intercept": np.concatenate([m.intercept_ for m in self.classifiers]),
             },
             str(directory / WEIGHTS),
         )
@@ -99,11 +163,19 @@ class BaselineModel:
         settings = {**meta["vectorizer"], "ngram_range": tuple(meta["vectorizer"]["ngram_range"])}
         vectorizer = TfidfVectorizer(vocabulary=meta["vocabulary"], **settings)
         vectorizer.idf_ = arrays["idf"]
-        classifier = LogisticRegression(C=meta["C"], class_weight="balanced")
-        classifier.classes_ = np.asarray(meta["classes"])
-        classifier.coef_ = arrays["coef"]
-        classifier.intercept_ = arrays["intercept"]
-        return cls(vectorizer, classifier, meta["labels"])
+        classifiers, row = [], 0
+        per_classifier = meta["classes"]
+        if per_classifier and not isinstance(per_classifier[0], list):
+            per_classifier = [per_classifier]  # saved before multi-label baselines
+        for classes in per_classifier:
+            classifier = _logistic_regression(meta["C"], seed=0)
+            classifier.classes_ = np.asarray(classes)
+            rows = 1 if len(classes) == 2 else len(classes)  # binary: one coefficient row
+            classifier.coef_ = arrays["coef"][row : row + rows]
+            classifier.intercept_ = arrays["intercept"][row : row + rows]
+            classifiers.append(classifier)
+            row += rows
+        return cls(vectorizer, classifiers, meta["labels"], meta.get("thresholds"))
 
 
 def peak_rss_mb() -> float:
@@ -111,55 +183,61 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _split_report(model: BaselineModel, data: PreparedData, split: str) -> dict:
+    texts = getattr(data, split)["text"]
+    if data.multi_label:
+        return multilabel_report(
+            data.label_matrix(split), model.predict_label_matrix(texts), data.labels,
+            model.thresholds,
+        )  # fmt: skip
+    return classification_report(data.label_ids(split), model.predict_ids(texts), data.labels)
+
+
 def train_baseline(data: PreparedData, output_dir: str | Path, seed: int = 42) -> dict:
-    """Fit on train, pick C on validation macro-F1, test, write the run directory atomically."""
-    train_ids, validation_ids = data.label_ids("train"), data.label_ids("validation")
+    """Fit on train, pick C on validation macro-F1, test, write the run directory atomically.
+
+    Multi-label: each C's per-label thresholds are tuned on validation before scoring it,
+    which is what ships (as for the transformers).
+    """
     started = time.perf_counter()
     selection, best = [], None
     for c in C_GRID:
-        model = BaselineModel.fit(data.train["text"], train_ids, data.labels, c, seed)
-        score = float(
-            f1_score(
-                validation_ids,
-                model.predict_ids(data.validation["text"]),
-                labels=list(range(len(data.labels))),
-                average="macro",
-                zero_division=0,
+        model = BaselineModel.fit(data.train["text"], data.targets("train"), data.labels, c, seed)
+        if data.multi_label:
+            model.thresholds = tune_thresholds(
+                data.label_matrix("validation"), model.label_scores(data.validation["text"])
             )
-        )
+        score = _split_report(model, data, "validation")["macro_f1"]
         selection.append({"C": c, "macro_f1": score})
         if best is None or score > best[0]:
             best = (score, model)
     model = best[1]
     train_seconds = time.perf_counter() - started
     log.info(
-        "baseline: TF-IDF 1-2 grams (%d features) + balanced logistic regression, C=%g "
+        "baseline: TF-IDF 1-2 grams (%d features) + balanced logistic regression%s, C=%g "
         "(validation macro-F1 %.4f) in %.1fs",
         len(model.vectorizer.vocabulary_),
-        model.classifier.C,
+        " per label" if data.multi_label else "",
+        model.C,
         best[0],
         train_seconds,
     )
-
-    validation = classification_report(
-        validation_ids, model.predict_ids(data.validation["text"]), data.labels
-    )
+    validation = _split_report(model, data, "validation")
     test = None
     if not data.test.empty:
-        test = classification_report(
-            data.label_ids("test"), model.predict_ids(data.test["text"]), data.labels
-        )
-        log.info("\n%s", format_report(test, "baseline test"))
+        test = _split_report(model, data, "test")
+        formatter = format_multilabel_report if data.multi_label else format_report
+        log.info("\n%s", formatter(test, "baseline test"))
     params = model.parameter_count
     results = {
-        "task": "single_label",
+        "task": data.problem_type,
         "labels": data.labels,
         "base_model": "tfidf-logreg",
         "strategy": "baseline",
         "test": test,
         "validation": validation,
         "selection": selection,
-        "C": model.classifier.C,
+        "C": model.C,
         "features": len(model.vectorizer.vocabulary_),
         "history": [],
         "trainable_params": params,

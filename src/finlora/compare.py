@@ -173,9 +173,10 @@ def measure_throughput(unit: RunUnit, data: PreparedData, warmup: int = 16) -> d
         from finlora.predictor import Predictor
 
         model = Predictor.load(unit.directory)
-    model.predict_ids(texts[:warmup])
+    predict = model.predict_label_matrix if data.multi_label else model.predict_ids
+    predict(texts[:warmup])
     started = time.perf_counter()
-    model.predict_ids(texts)
+    predict(texts)
     seconds = time.perf_counter() - started
     payload = {
         "test_sentences": len(texts),
@@ -235,18 +236,13 @@ def run_record(unit: RunUnit, settings: CompareConfig) -> dict:
     results = read_json(unit.directory / RESULTS)
     inference = read_json(unit.directory / INFERENCE)
     test = results["test"]
-    return {
+    record = {
         "strategy": unit.strategy,
         "seed": unit.seed,
         "fold": unit.fold,
         "artifact_dir": str(unit.directory),
         "macro_f1": test["macro_f1"],
-        "accuracy": test["accuracy"],
-        "weighted_f1": test["weighted_f1"],
-        "per_class_f1": {name: row["f1"] for name, row in test["per_class"].items()},
-        "macro_f1_ci95": bootstrap_macro_f1_ci(
-            test["confusion_matrix"], settings.bootstrap, unit.seed
-        ),
+        **(multilabel_metrics(test) if "per_label" in test else single_label_metrics(test)),
         "validation_macro_f1": results["validation"]["macro_f1"],
         "trainable_params": results["trainable_params"],
         "total_params": results["total_params"],
@@ -256,18 +252,50 @@ def run_record(unit: RunUnit, settings: CompareConfig) -> dict:
         "inference_sentences_per_second": inference["sentences_per_second"],
         "best_epoch": results.get("best_epoch"),
         "history": results.get("history", []),
-        "confusion_matrix": test["confusion_matrix"],
         "test_size": test["size"],
         "device": results.get("device"),
         "precision": results.get("precision"),
         "warnings": results.get("warnings", []),
     }
+    if "confusion_matrix" in test:
+        record["macro_f1_ci95"] = bootstrap_macro_f1_ci(
+            test["confusion_matrix"], settings.bootstrap, unit.seed
+        )
+    return record
+
+
+def single_label_metrics(test: dict) -> dict:
+    return {
+        "accuracy": test["accuracy"],
+        "weighted_f1": test["weighted_f1"],
+        "per_class_f1": {name: row["f1"] for name, row in test["per_class"].items()},
+        "confusion_matrix": test["confusion_matrix"],
+    }
+
+
+def multilabel_metrics(test: dict) -> dict:
+    """Multi-label: accuracy is exact-match (every label of the row right), F1s are per label."""
+    per_label = test["per_label"]
+    support = sum(row["support"] for row in per_label.values())
+    return {
+        "micro_f1": test["micro_f1"],
+        "accuracy": test["subset_accuracy"],
+        "weighted_f1": sum(row["f1"] * row["support"] for row in per_label.values())
+        / max(support, 1),
+        "lexglue_micro_f1": test["lexglue"]["micro_f1"],
+        "lexglue_macro_f1": test["lexglue"]["macro_f1"],
+        "per_class_f1": {name: row["f1"] for name, row in per_label.items()},
+        "per_class_support": {name: row["support"] for name, row in per_label.items()},
+    }
 
 
 SUMMARY_METRICS = (
     "macro_f1",
+    "micro_f1",
     "accuracy",
     "weighted_f1",
+    "lexglue_micro_f1",
+    "lexglue_macro_f1",
     "validation_macro_f1",
     "trainable_params",
     "total_params",
@@ -283,6 +311,8 @@ def summarize(records: list[dict], labels: list[str]) -> dict:
     summary: dict[str, Any] = {"n_runs": len(records)}
     many = len(records) > 1
     for key in SUMMARY_METRICS:
+        if key not in records[0]:  # micro and LexGLUE figures: multi-label only
+            continue
         values = np.asarray([r[key] for r in records], dtype=float)
         summary[key] = float(values.mean())
         if many:
@@ -296,9 +326,15 @@ def summarize(records: list[dict], labels: list[str]) -> dict:
             for name in labels
         }
     else:
-        summary["macro_f1_ci95"] = records[0]["macro_f1_ci95"]
+        if "macro_f1_ci95" in records[0]:
+            summary["macro_f1_ci95"] = records[0]["macro_f1_ci95"]
         summary["artifact_dir"] = records[0]["artifact_dir"]
-    summary["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in records], 0).tolist()
+    if "confusion_matrix" in records[0]:
+        summary["confusion_matrix"] = np.sum([r["confusion_matrix"] for r in records], 0).tolist()
+    if "per_class_support" in records[0]:
+        summary["per_class_support"] = {
+            name: int(sum(r["per_class_support"][name] for r in records)) for name in labels
+        }
     summary["runs"] = [
         {k: v for k, v in r.items() if k not in {"history", "confusion_matrix"}} for r in records
     ]
@@ -368,11 +404,10 @@ def write_report(
         "settings": {k: v for k, v in vars(settings).items()},
         "dataset": first["dataset"] or first["source"],
         "labels": labels,
+        "problem_type": splits[0].problem_type,
         "class_counts": first["class_counts"],
         "split": {
-            "kind": f"stratified {settings.folds}-fold"
-            if settings.folds
-            else first["split_strategy"],
+            "kind": first["split_strategy"],
             "sizes": [s.info["sizes"] for s in splits],
             "duplicates_dropped": first["duplicates_dropped"],
             "conflicting_texts_dropped": first["conflicting_texts_dropped"],

@@ -228,6 +228,10 @@ SHARED_KEYS = (
     "text_column",
     "label_column",
     "labels",
+    "problem_type",
+    "label_delimiter",
+    "label_columns",
+    "group_column",
     "validation_size",
     "test_size",
     "imbalance_threshold",
@@ -244,6 +248,14 @@ class CompareConfig:
     text_column: str = _opt("text", "column holding the text")
     label_column: str = _opt("label", "column holding the label")
     labels: list[str] | None = _opt(None, "label names in class-id order, comma-separated")
+    problem_type: str = _opt("auto", "auto|single_label|multi_label, as in `finlora train`")
+    label_delimiter: str | None = _opt(None, "multi-label: labels in one column separated by this")
+    label_columns: list[str] | None = _list(
+        "multi-label: one 0/1 column per label, comma-separated"
+    )
+    group_column: str | None = _opt(
+        None, "split (and fold) by this column so a group never lands in two parts"
+    )
     validation_size: float = _opt(0.1, "fraction held out for model selection (also per fold)")
     test_size: float = _opt(0.1, "fraction held out for the test report (single split only)")
     imbalance_threshold: float = _opt(1.5, "max/min class ratio above which splits stratify")
@@ -254,7 +266,9 @@ class CompareConfig:
     train_overrides: list[str] | None = _opt(
         None, "KEY=VALUE,... applied to both transformer recipes, e.g. epochs=2,max_length=64"
     )
-    folds: int = _opt(0, "stratified K-fold cross-validation with K folds (0: one split)")
+    folds: int = _opt(
+        0, "stratified K-fold cross-validation with K folds (0: one split); by group if grouped"
+    )
     seeds: int = _opt(1, "training seeds per split/fold: seed, seed+1, ...")
     seed: int = _opt(42, "seed of the split/folds and first training seed")
     bootstrap: int = _opt(1000, "bootstrap resamples for the 95% interval of test macro-F1")

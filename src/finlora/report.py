@@ -12,6 +12,7 @@ NAMES = {"full": "Full fine-tuning", "lora": "LoRA", "baseline": "TF-IDF + LogRe
 COLORS = {"full": "#4C72B0", "lora": "#DD8452", "baseline": "#8C8C8C"}
 PLOTS = {
     "confusion_matrices.png": "Test confusion matrices",
+    "per_label_f1.png": "Test F1 per label",
     "learning_curves.png": "Validation macro-F1 per epoch",
     "summary.png": "Training time, trainable parameters, macro-F1 and throughput",
 }
@@ -34,7 +35,10 @@ def write_plots(report: dict, records: dict[str, list[dict]], out: Path) -> None
     strategies = [s for s in report["strategies"]]
     if not strategies:
         return
-    plot_confusion_matrices(report, strategies, out / "confusion_matrices.png")
+    if report["problem_type"] == "multi_label":
+        plot_per_label_f1(report, strategies, out / "per_label_f1.png")
+    else:
+        plot_confusion_matrices(report, strategies, out / "confusion_matrices.png")
     plot_learning_curves(records, strategies, out / "learning_curves.png")
     plot_summary(report, strategies, out / "summary.png")
 
@@ -76,6 +80,43 @@ def plot_confusion_matrices(report: dict, strategies: list[str], path: Path) -> 
     )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_per_label_f1(report: dict, strategies: list[str], path: Path) -> None:
+    """Multi-label: one group of bars per label (with its test positives), one bar per strategy."""
+    plt = pyplot()
+    labels = report["labels"]
+    support = report["strategies"][strategies[0]]["per_class_support"]
+    width = 0.8 / len(strategies)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(labels) + 2), 4.5))
+    for position, strategy in enumerate(strategies):
+        summary = report["strategies"][strategy]
+        offsets = np.arange(len(labels)) + (position - (len(strategies) - 1) / 2) * width
+        ax.bar(
+            offsets,
+            [summary["per_class_f1"][label] for label in labels],
+            width,
+            yerr=[summary.get("per_class_f1_std", {}).get(label, 0.0) for label in labels],
+            capsize=3,
+            color=COLORS[strategy],
+            label=f"{NAMES[strategy]} (macro-F1 {summary['macro_f1']:.3f})",
+        )
+    ax.set_xticks(range(len(labels)), [f"{label}\n{support[label]} pos." for label in labels])
+    ax.set_xlabel("label (test positives" + (", all runs)" if _runs(report) > 1 else ")"))
+    ax.set_ylabel("test F1")
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(
+        f"Test F1 per label, {report['dataset']}"
+        + (f" (mean ± std over {_runs(report)} runs)" if _runs(report) > 1 else "")
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _runs(report: dict) -> int:
+    return max(s["n_runs"] for s in report["strategies"].values())
 
 
 def plot_learning_curves(records: dict[str, list[dict]], strategies: list[str], path) -> None:
@@ -158,6 +199,14 @@ def write_markdown(report: dict, out: Path) -> None:
     settings = report["settings"]
     strategies = report["strategies"]
     many = any(s["n_runs"] > 1 for s in strategies.values())
+    multi_label = report["problem_type"] == "multi_label"
+    with_ci = not many and all("macro_f1_ci95" in s for s in strategies.values())
+    quality = (
+        [("micro_f1", "micro-F1"), ("accuracy", "exact match"),
+         ("lexglue_micro_f1", "LexGLUE micro-F1"), ("lexglue_macro_f1", "LexGLUE macro-F1")]
+        if multi_label
+        else [("accuracy", "accuracy"), ("weighted_f1", "weighted F1")]
+    )  # fmt: skip
     seeds = ", ".join(str(settings["seed"] + i) for i in range(settings["seeds"]))
     recipes = ", ".join(f"{k} `{v}`" for k, v in report["recipes"].items()) or "none"
     lines = [f"# finlora compare: {report['dataset']}", ""]
@@ -171,8 +220,9 @@ def write_markdown(report: dict, out: Path) -> None:
     split = report["split"]
     sizes = split["sizes"][0]
     lines += [
-        f"- data: {sum(report['class_counts'].values())} de-duplicated texts "
-        f"({', '.join(f'{k} {v}' for k, v in report['class_counts'].items())}); "
+        f"- data: {sum(sizes.values())} de-duplicated texts "
+        + ("(label positives: " if multi_label else "(")
+        + f"{', '.join(f'{k} {v}' for k, v in report['class_counts'].items())}); "
         f"{split['duplicates_dropped']} duplicates and {split['conflicting_texts_dropped']} "
         "conflicting texts dropped",
         f"- split: {split['kind']}, seed {settings['seed']}; "
@@ -189,22 +239,25 @@ def write_markdown(report: dict, out: Path) -> None:
         "| strategy | "
         + ("runs | " if many else "")
         + "trainable params | trainable % | test macro-F1 | "
-        + ("" if many else "95% CI | ")
-        + "accuracy | weighted F1 | train time (s) | peak memory (MB) | inference (sent/s) |",
+        + ("95% CI | " if with_ci else "")
+        + " | ".join(title for _, title in quality)
+        + " | train time (s) | peak memory (MB) | inference (sent/s) |",
         "|---|"
         + ("---:|" if many else "")
         + "---:|---:|---:|"
-        + ("" if many else "---:|")
-        + "---:|---:|---:|---:|---:|",
+        + ("---:|" if with_ci else "")
+        + "---:|" * len(quality)
+        + "---:|---:|---:|",
     ]
     for name, s in strategies.items():
-        ci = "" if many else "{:.3f}-{:.3f} | ".format(*s["macro_f1_ci95"])
+        ci = "{:.3f}-{:.3f} | ".format(*s["macro_f1_ci95"]) if with_ci else ""
         lines.append(
             f"| {NAMES[name]} | "
             + (f"{s['n_runs']} | " if many else "")
             + f"{s['trainable_params']:,.0f} | {s['trainable_percent']:.2f}% | "
-            f"{_cell(s, 'macro_f1', '{:.4f}')} | {ci}{_cell(s, 'accuracy', '{:.4f}')} | "
-            f"{_cell(s, 'weighted_f1', '{:.4f}')} | {_cell(s, 'train_seconds', '{:.0f}')} | "
+            f"{_cell(s, 'macro_f1', '{:.4f}')} | {ci}"
+            + "".join(f"{_cell(s, key, '{:.4f}')} | " for key, _ in quality)
+            + f"{_cell(s, 'train_seconds', '{:.0f}')} | "
             f"{_cell(s, 'peak_memory_mb', '{:.0f}')} | "
             f"{_cell(s, 'inference_sentences_per_second', '{:.0f}')} |"
         )
@@ -223,7 +276,9 @@ def write_markdown(report: dict, out: Path) -> None:
     labels = report["labels"]
     lines += [
         "",
-        "Test F1 per class" + (" (mean ± std over runs)" if many else "") + ":",
+        ("Test F1 per label" if multi_label else "Test F1 per class")
+        + (" (mean ± std over runs)" if many else "")
+        + ":",
         "",
         "| strategy | " + " | ".join(labels) + " |",
         "|---|" + "---:|" * len(labels),
@@ -241,10 +296,20 @@ def write_markdown(report: dict, out: Path) -> None:
         "How to read it: macro-F1 averages the per-class F1, so the small classes count as much "
         "as the large one. "
         + (
+            "Multi-label: F1 is per label with the thresholds tuned on validation; micro-F1 "
+            "pools every label decision; exact match is the share of texts with every label "
+            "right; the LexGLUE figures add a 'no label' column, as LexGLUE scores UNFAIR-ToS. "
+            if multi_label
+            else ""
+        )
+        + (
             "Mean ± sample standard deviation over folds and seeds."
             if many
             else "The 95% interval is a percentile bootstrap over the test examples "
             f"({settings['bootstrap']} resamples): differences inside it are noise."
+            if with_ci
+            else "One run: see the per-label test positives in the plot before reading much "
+            "into a difference; `--folds` gives the spread."
         )
         + " Train time is the wall time of training with per-epoch validation (the baseline: "
         "fitting its regularisation grid). Peak memory is the peak resident memory of the run's "
@@ -254,8 +319,9 @@ def write_markdown(report: dict, out: Path) -> None:
         "",
         "## Runs",
         "",
-        "| strategy | seed | fold | test macro-F1 | accuracy | best epoch | train time (s) "
-        "| artifacts |",
+        "| strategy | seed | fold | test macro-F1 | "
+        + ("micro-F1" if multi_label else "accuracy")
+        + " | best epoch | train time (s) | artifacts |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, s in strategies.items():
@@ -263,7 +329,8 @@ def write_markdown(report: dict, out: Path) -> None:
             fold = "-" if run["fold"] is None else run["fold"] + 1
             lines.append(
                 f"| {NAMES[name]} | {run['seed']} | {fold} | {run['macro_f1']:.4f} | "
-                f"{run['accuracy']:.4f} | {run['best_epoch'] or '-'} | "
+                f"{run['micro_f1' if multi_label else 'accuracy']:.4f} | "
+                f"{run['best_epoch'] or '-'} | "
                 f"{run['train_seconds']:.0f} | `{run['artifact_dir']}` |"
             )
     lines += [""]

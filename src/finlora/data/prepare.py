@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from finlora.config import DEFAULT_DATASET, TrainConfig
 from finlora.data.sources import (
@@ -22,7 +22,13 @@ from finlora.data.sources import (
     read_labelled,
     resolve_named_dataset,
 )
-from finlora.data.split import check_stratifiable, imbalance_ratio, label_counts, split_frame
+from finlora.data.split import (
+    check_stratifiable,
+    imbalance_ratio,
+    label_counts,
+    split_frame,
+    stratification_key,
+)
 from finlora.data.validate import check_known_labels, clean, is_multi_label, resolve_labels
 from finlora.errors import FinloraError
 
@@ -272,8 +278,11 @@ def prepare_folds(config: TrainConfig, folds: int) -> list[PreparedData]:
     """Stratified K-fold splits of the cleaned data: fold k is the test set of the k-th item.
 
     Each fold carves its own validation slice (`validation_size` of all rows, stratified) out
-    of its training part, so model selection never sees that fold's test rows. The folds depend
-    only on the data and `config.seed`, so every strategy and seed gets exactly the same folds.
+    of its training part, so model selection never sees that fold's test rows. Multi-label
+    rows stratify on their rarest label; grouped data (`--group_column`) uses
+    `StratifiedGroupKFold`, so a group's rows are in one fold's test set and, within each fold,
+    on one side of the train/validation cut. The folds depend only on the data and
+    `config.seed`, so every strategy and seed gets exactly the same folds.
     """
     if folds < 2:
         raise FinloraError(f"--folds must be at least 2, got {folds}")
@@ -285,17 +294,26 @@ def prepare_folds(config: TrainConfig, folds: int) -> list[PreparedData]:
         raise FinloraError("--folds needs --validation_size > 0 for model selection in each fold")
     clean_data = load_clean(config)
     frame = clean_data.frame
-    if is_multi_label(frame) or "group" in frame:
-        raise FinloraError(
-            "--folds supports single-label data without --group_column; for multi-label or "
-            "grouped data use one seeded split (--validation_size/--test_size)"
-        )
-    check_stratifiable(frame["label"], folds)
+    key = stratification_key(frame)
     ratio = imbalance_ratio(frame["label"])
     imbalanced = ratio > config.imbalance_threshold
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+    grouped = "group" in frame
+    if grouped:
+        if frame["group"].nunique() < folds + 1:
+            raise FinloraError(
+                f"--group_column gives {frame['group'].nunique()} groups; {folds} folds with a "
+                f"validation slice need at least {folds + 1}: use fewer --folds"
+            )
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+        fold_indices = splitter.split(frame, key, frame["group"])
+    else:
+        if not is_multi_label(frame):
+            check_stratifiable(key, folds)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+        fold_indices = splitter.split(frame, key)
+    kind = f"stratified {'group ' if grouped else ''}{folds}-fold"
     prepared = []
-    for fold, (rest_index, test_index) in enumerate(splitter.split(frame, frame["label"])):
+    for fold, (rest_index, test_index) in enumerate(fold_indices):
         rest = frame.iloc[rest_index]
         parts = split_frame(
             rest,
@@ -312,7 +330,7 @@ def prepare_folds(config: TrainConfig, folds: int) -> list[PreparedData]:
                 parts,
                 ratio,
                 imbalanced,
-                split_strategy=f"stratified {folds}-fold",
+                split_strategy=kind,
                 fold=fold,
                 folds=folds,
             )
