@@ -39,6 +39,17 @@ def test_bad_csv_column_names_existing_columns(tmp_path, capsys):
     assert "columns are 'sentence', 'y'" in capsys.readouterr().err
 
 
+def test_max_length_beyond_the_encoder_is_refused(tmp_path, capsys, tiny_model_dir,
+                                                  phrasebank_slice):  # fmt: skip
+    out = tmp_path / "o"
+    argv = ["train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+            "--max_length", "1024", "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--max_length 1024 is longer than" in err and "(512 tokens)" in err
+    assert not out.exists()
+
+
 def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, data_dir):
     """`python train.py --model_name ProsusAI/finbert --use_lora --batch_size 16 --fp16`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FINLORA_DATA_DIR": str(data_dir),

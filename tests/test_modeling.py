@@ -12,6 +12,7 @@ from finlora.modeling import (
     LORA_TARGETS,
     apply_lora,
     check_only_adapters_train,
+    input_token_limit,
     load_classifier,
     load_tokenizer,
     merge_adapter,
@@ -150,3 +151,12 @@ def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(lora_model):
     a_rates = [lr for name, lr in named.items() if "lora_A" in name]
     assert b_rates and b_rates == pytest.approx([16e-3] * len(b_rates))
     assert a_rates and a_rates == pytest.approx([1e-3] * len(a_rates))
+
+
+def test_input_token_limit_per_architecture():
+    from transformers import BertConfig, DebertaV2Config, RobertaConfig
+
+    assert input_token_limit(BertConfig(max_position_embeddings=512)) == 512
+    # RoBERTa numbers positions from pad_token_id + 1: 514 embeddings, 512 tokens
+    assert input_token_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert input_token_limit(DebertaV2Config(position_biased_input=False)) is None

@@ -98,6 +98,32 @@ def load_classifier(
     return model
 
 
+def input_token_limit(model_config) -> int | None:
+    """The longest input (special tokens included) the encoder's position embeddings cover.
+
+    RoBERTa-style models number positions from `pad_token_id + 1`, so 514 embeddings hold 512
+    tokens; models without absolute positions (DeBERTa-v2/v3) have no hard limit (None).
+    """
+    if getattr(model_config, "position_biased_input", True) is False:
+        return None
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if model_config.model_type in {"roberta", "xlm-roberta", "camembert", "longformer"}:
+        limit -= (model_config.pad_token_id or 0) + 1
+    return int(limit)
+
+
+def check_max_length(max_length: int, model_config, name: str) -> None:
+    limit = input_token_limit(model_config)
+    if limit is not None and max_length > limit:
+        raise FinloraError(
+            f"--max_length {max_length} is longer than {name} can read ({limit} tokens): use "
+            f"--max_length {limit} or less; for longer documents, `finlora predict --document` "
+            "classifies them piece by piece"
+        )
+
+
 def lora_targets(model: PreTrainedModel, requested: list[str] | None) -> list[str] | str:
     """The modules to adapt: as requested, the architecture's default for `auto`/none, or
     PEFT's own "all-linear" shorthand (every linear layer but the head), which PEFT only

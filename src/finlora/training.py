@@ -63,7 +63,9 @@ from finlora.evaluation import (
 from finlora.losses import build_loss, class_weights, pos_weights, resolve_loss_name
 from finlora.modeling import (
     apply_lora,
+    check_max_length,
     check_only_adapters_train,
+    input_token_limit,
     load_classifier,
     load_tokenizer,
     log_parameter_report,
@@ -204,7 +206,9 @@ def epoch_history(log_history: list[dict]) -> list[dict]:
     return [row for _, row in sorted(epochs.items()) if "macro_f1" in row]
 
 
-def report_truncation(tokenizer, texts: Sequence[str], max_length: int, model_limit: int) -> dict:
+def report_truncation(
+    tokenizer, texts: Sequence[str], max_length: int, model_limit: int | None
+) -> dict:
     """Token-length statistics of the training texts; a warning naming a better `max_length`
     when it cuts many of them (the default, 64, suits short sentences, not clauses or filings)."""
     stats = length_stats(token_lengths(tokenizer, list(texts)), max_length)
@@ -217,7 +221,7 @@ def report_truncation(tokenizer, texts: Sequence[str], max_length: int, model_li
         stats["p99"],
     )
     if stats["truncated_share"] > TRUNCATION_WARNING_SHARE:
-        covering = min(8 * math.ceil(stats["p99"] / 8), model_limit)
+        covering = min(8 * math.ceil(stats["p99"] / 8), model_limit or math.inf)
         log.warning(
             "max_length %d cuts %.0f%% of the training texts short; --max_length %d keeps 99%% "
             "of them whole (slower per epoch)",
@@ -411,6 +415,7 @@ def train(
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
     model = load_classifier(config.model_name, data.labels, data.problem_type)
+    check_max_length(config.max_length, model.config, config.model_name)
     if config.use_lora:
         model = apply_lora(
             model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
@@ -431,7 +436,7 @@ def train(
     precision = precision_policy(config.fp16, config.bf16)
 
     lengths = report_truncation(
-        tokenizer, data.train["text"], config.max_length, model.config.max_position_embeddings
+        tokenizer, data.train["text"], config.max_length, input_token_limit(model.config)
     )
     train_set = EncodedTexts(
         tokenizer, data.train["text"], data.targets("train"), config.max_length
