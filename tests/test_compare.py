@@ -212,21 +212,37 @@ def test_multilabel_baseline_is_a_real_model(tmp_path, claudette_dir):
     assert run["task"] == "multi_label"
     # flagging every sentence scores 0.06 macro-F1; a linear model on words, about 0.69
     assert run["test"]["macro_f1"] > 0.6 and not run["test"]["never_predicted"]
-    assert set(run["test"]["thresholds"]) == set(data.labels)
+    thresholds = list(run["test"]["thresholds"].values())
+    assert len(set(thresholds)) == len(thresholds) and 0 < min(thresholds) < max(thresholds) < 1
     loaded = BaselineModel.load(tmp_path / "baseline")
     decisions = loaded.predict_label_matrix(data.test["text"])
     assert decisions.sum(0).tolist() == list(run["test"]["prediction_distribution"].values())
 
 
 def test_baseline_keeps_a_label_without_training_positives(tmp_path):
-    texts = ["we may terminate your account", "governed by the laws of france", "hello"] * 4
-    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]] * 4)
-    model = BaselineModel.fit(texts, targets, ["TER", "LAW", "A"], c=1.0, seed=0)
-    model.save(tmp_path)
-    loaded = BaselineModel.load(tmp_path)
-    scores = loaded.label_scores(texts[:3])
-    assert scores[:, 2].max() < 1e-6  # never predicted, as the transformers would learn
-    assert scores[0, 0] > scores[1, 0] and scores[1, 1] > scores[0, 1]
+    terminate = ["we may terminate your account", "we can suspend the service at any time"]
+    law = ["governed by the laws of france", "the laws of england apply"]
+    plain = ["hello and welcome", "read these terms carefully", "thanks for using our app"]
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+        return str(path)
+
+    train = [(t, ["TER"]) for t in terminate] + [(t, ["LAW"]) for t in law]
+    train += [(t, []) for t in plain]
+    held_out = [("you must arbitrate every dispute", ["A"]), (terminate[0] + " now", ["TER"]),
+                (law[0] + " only", ["LAW"]), ("welcome to the app", [])]  # fmt: skip
+    config = TrainConfig(data=write("train.jsonl", train), labels=["TER", "LAW", "A"],
+                         validation_data=write("validation.jsonl", held_out),
+                         test_data=write("test.jsonl", held_out))  # fmt: skip
+    run = train_baseline(prepare_data(config), tmp_path / "baseline")
+    # A was never seen in training: it is never predicted, though validation has a positive
+    assert run["test"]["prediction_distribution"]["A"] == 0
+    assert run["test"]["thresholds"]["A"] == 0.5
+    loaded = BaselineModel.load(tmp_path / "baseline")
+    decisions = loaded.predict_label_matrix([t for t, _ in held_out])
+    assert decisions[:, 2].sum() == 0 and decisions[1, 0] == 1 and decisions[2, 1] == 1
 
 
 def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slice):
@@ -249,13 +265,16 @@ def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slic
         assert row["lexglue_macro_f1"] == pytest.approx(
             np.mean([r["lexglue"]["macro_f1"] for r in runs])
         )
-        assert row["per_class_f1"]["LTD"] == pytest.approx(
-            np.mean([r["per_label"]["LTD"]["f1"] for r in runs])
-        )
+        for label in ("LTD", "CR", "A"):  # the slice: CR absent from one test fold, A from all
+            scored = [r["per_label"][label]["f1"] for r in runs if r["per_label"][label]["support"]]
+            assert row["per_class_f1"][label] == (pytest.approx(np.mean(scored)) if scored
+                                                  else None)  # fmt: skip
         assert row["per_class_support"]["LTD"] == sum(r["per_label"]["LTD"]["support"]
                                                       for r in runs)  # fmt: skip
         assert f"{row['macro_f1']:.4f} ± " in markdown
     assert "exact match" in markdown and "LexGLUE macro-F1" in markdown
+    assert "No test positive of: " in markdown and "A (fold 1 seed 42, fold 2 seed 42" in markdown
+    assert report["accuracy_means"].startswith("exact match")
     assert_png(out / "per_label_f1.png")
     assert not (out / "confusion_matrices.png").exists()
 

@@ -89,6 +89,11 @@ class BaselineModel:
         return self.thresholds is not None
 
     @property
+    def constant_labels(self) -> list[bool]:
+        """Per classifier: True when it was fitted on one class only (see _constant_classifier)."""
+        return [not m.coef_.any() for m in self.classifiers]
+
+    @property
     def C(self) -> float:
         return float(self.classifiers[0].C)
 
@@ -204,9 +209,16 @@ def train_baseline(data: PreparedData, output_dir: str | Path, seed: int = 42) -
     for c in C_GRID:
         model = BaselineModel.fit(data.train["text"], data.targets("train"), data.labels, c, seed)
         if data.multi_label:
-            model.thresholds = tune_thresholds(
-                data.label_matrix("validation"), model.label_scores(data.validation["text"])
-            )
+            model.thresholds = [
+                0.5 if constant else threshold  # a constant score has nothing to tune
+                for constant, threshold in zip(
+                    model.constant_labels,
+                    tune_thresholds(
+                        data.label_matrix("validation"),
+                        model.label_scores(data.validation["text"]),
+                    ),
+                )
+            ]
         score = _split_report(model, data, "validation")["macro_f1"]
         selection.append({"C": c, "macro_f1": score})
         if best is None or score > best[0]:

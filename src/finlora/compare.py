@@ -317,14 +317,19 @@ def summarize(records: list[dict], labels: list[str]) -> dict:
         summary[key] = float(values.mean())
         if many:
             summary[f"{key}_std"] = float(values.std(ddof=1))
-    summary["per_class_f1"] = {
-        name: float(np.mean([r["per_class_f1"][name] for r in records])) for name in labels
-    }
+    summary["per_class_f1"], spread = {}, {}
+    for name in labels:
+        # Multi-label: a run whose test part has no positive of a label scores it 0 (there was
+        # nothing to find); its mean skips such runs, which the report lists.
+        scores = [
+            r["per_class_f1"][name]
+            for r in records
+            if r.get("per_class_support", {}).get(name, 1) > 0
+        ]
+        summary["per_class_f1"][name] = float(np.mean(scores)) if scores else None
+        spread[name] = float(np.std(scores, ddof=1)) if len(scores) > 1 else None
     if many:
-        summary["per_class_f1_std"] = {
-            name: float(np.std([r["per_class_f1"][name] for r in records], ddof=1))
-            for name in labels
-        }
+        summary["per_class_f1_std"] = spread
     else:
         if "macro_f1_ci95" in records[0]:
             summary["macro_f1_ci95"] = records[0]["macro_f1_ci95"]
@@ -405,6 +410,11 @@ def write_report(
         "dataset": first["dataset"] or first["source"],
         "labels": labels,
         "problem_type": splits[0].problem_type,
+        **(
+            {"accuracy_means": "exact match: every label of a text right (subset accuracy)"}
+            if splits[0].multi_label
+            else {}
+        ),
         "class_counts": first["class_counts"],
         "split": {
             "kind": first["split_strategy"],

@@ -98,6 +98,19 @@ def load_classifier(
     return model
 
 
+# Architectures whose position ids start after padding_idx (RoBERTa's scheme).
+PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "roberta-prelayernorm",
+    "camembert",
+    "longformer",
+    "mpnet",
+    "data2vec-text",
+}
+
+
 def input_token_limit(model_config) -> int | None:
     """The longest input (special tokens included) the encoder's position embeddings cover.
 
@@ -109,7 +122,7 @@ def input_token_limit(model_config) -> int | None:
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is None:
         return None
-    if model_config.model_type in {"roberta", "xlm-roberta", "camembert", "longformer"}:
+    if model_config.model_type in PADDING_OFFSET_POSITIONS:
         limit -= (model_config.pad_token_id or 0) + 1
     return int(limit)
 

@@ -86,7 +86,8 @@ def plot_per_label_f1(report: dict, strategies: list[str], path: Path) -> None:
     """Multi-label: one group of bars per label (with its test positives), one bar per strategy."""
     plt = pyplot()
     labels = report["labels"]
-    support = report["strategies"][strategies[0]]["per_class_support"]
+    most_runs = max(strategies, key=lambda name: report["strategies"][name]["n_runs"])
+    support = report["strategies"][most_runs]["per_class_support"]
     width = 0.8 / len(strategies)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(labels) + 2), 4.5))
     for position, strategy in enumerate(strategies):
@@ -94,15 +95,15 @@ def plot_per_label_f1(report: dict, strategies: list[str], path: Path) -> None:
         offsets = np.arange(len(labels)) + (position - (len(strategies) - 1) / 2) * width
         ax.bar(
             offsets,
-            [summary["per_class_f1"][label] for label in labels],
+            [summary["per_class_f1"][label] or 0.0 for label in labels],
             width,
-            yerr=[summary.get("per_class_f1_std", {}).get(label, 0.0) for label in labels],
+            yerr=[summary.get("per_class_f1_std", {}).get(label) or 0.0 for label in labels],
             capsize=3,
             color=COLORS[strategy],
             label=f"{NAMES[strategy]} (macro-F1 {summary['macro_f1']:.3f})",
         )
     ax.set_xticks(range(len(labels)), [f"{label}\n{support[label]} pos." for label in labels])
-    ax.set_xlabel("label (test positives" + (", all runs)" if _runs(report) > 1 else ")"))
+    ax.set_xlabel("label (test positives" + (", summed over runs)" if _runs(report) > 1 else ")"))
     ax.set_ylabel("test F1")
     ax.set_ylim(0, 1.05)
     ax.grid(axis="y", alpha=0.3)
@@ -180,7 +181,11 @@ def plot_summary(report: dict, strategies: list[str], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     runs = max(s["n_runs"] for s in summaries)
     spread = (
-        f"error bars: std over {runs} runs" if runs > 1 else "error bars: 95% bootstrap interval"
+        f"error bars: std over {runs} runs"
+        if runs > 1
+        else "error bars: 95% bootstrap interval"
+        if all("macro_f1_ci95" in s for s in summaries)
+        else "one run, no error bars"
     )
     fig.suptitle(f"{report['dataset']}: cost and quality per strategy ({spread})")
     fig.tight_layout()
@@ -193,6 +198,25 @@ def _cell(summary: dict, key: str, fmt: str) -> str:
     if f"{key}_std" in summary:
         value += " ± " + fmt.format(summary[f"{key}_std"])
     return value
+
+
+def _labels_without_test_positives(strategies: dict) -> list[str]:
+    """Multi-label: where a test part held no positive of a label (its F1 there is 0)."""
+    where: dict[str, set[str]] = {}
+    for s in strategies.values():
+        for run in s["runs"]:
+            for label, count in run.get("per_class_support", {}).items():
+                if count == 0:
+                    fold = "" if run["fold"] is None else f"fold {run['fold'] + 1} "
+                    where.setdefault(label, set()).add(f"{fold}seed {run['seed']}")
+    if not where:
+        return []
+    listed = "; ".join(f"{label} ({', '.join(sorted(runs))})" for label, runs in where.items())
+    return [
+        "",
+        f"No test positive of: {listed}. Those runs score the label's F1 as 0 in their "
+        "macro-F1; the per-label means above leave them out.",
+    ]
 
 
 def write_markdown(report: dict, out: Path) -> None:
@@ -286,11 +310,12 @@ def write_markdown(report: dict, out: Path) -> None:
     for name, s in strategies.items():
         cells = []
         for label in labels:
-            cell = f"{s['per_class_f1'][label]:.4f}"
-            if "per_class_f1_std" in s:
-                cell += f" ± {s['per_class_f1_std'][label]:.4f}"
-            cells.append(cell)
+            mean, std = s["per_class_f1"][label], s.get("per_class_f1_std", {}).get(label)
+            cells.append(
+                "-" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+            )
         lines.append(f"| {NAMES[name]} | " + " | ".join(cells) + " |")
+    lines += _labels_without_test_positives(strategies)
     lines += [
         "",
         "How to read it: macro-F1 averages the per-class F1, so the small classes count as much "
