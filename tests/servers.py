@@ -28,7 +28,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    # MLflow's server migrates its SQLite store on start: over a minute on a busy 2-core machine.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
