@@ -94,14 +94,15 @@ def tune_thresholds(y_true: np.ndarray, scores: np.ndarray) -> list[float]:
     """Per label, the decision threshold that maximises that label's F1 on these rows.
 
     The threshold sits halfway between the lowest score kept positive and the next lower
-    score, so it is not glued to one validation example; a label without positives here
-    keeps 0.5 (there is nothing to tune on).
+    score, so it is not glued to one validation example. A label without positives here, or
+    whose scores are all equal (a model that cannot rank, e.g. one that never saw the label),
+    keeps 0.5: there is nothing to tune on.
     """
     y_true, scores = np.asarray(y_true) > 0.5, np.asarray(scores, dtype=np.float64)
     thresholds = []
     for j in range(y_true.shape[1]):
         truth, score = y_true[:, j], scores[:, j]
-        if not truth.any():
+        if not truth.any() or score.min() == score.max():
             thresholds.append(DEFAULT_THRESHOLD)
             continue
         order = np.argsort(-score, kind="stable")

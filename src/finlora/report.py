@@ -73,7 +73,7 @@ def plot_confusion_matrices(report: dict, strategies: list[str], path: Path) -> 
             ax.set_ylabel("true class")
         ax.set_title(f"{NAMES[strategy]}\nmacro-F1 {summary['macro_f1']:.3f}")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true class")
-    runs = max(report["strategies"][s]["n_runs"] for s in strategies)
+    runs = _runs(report)
     fig.suptitle(
         f"Test confusion matrices, {report['dataset']}"
         + (f" (summed over {runs} runs)" if runs > 1 else "")
@@ -103,14 +103,15 @@ def plot_per_label_f1(report: dict, strategies: list[str], path: Path) -> None:
             label=f"{NAMES[strategy]} (macro-F1 {summary['macro_f1']:.3f})",
         )
     ax.set_xticks(range(len(labels)), [f"{label}\n{support[label]} pos." for label in labels])
-    ax.set_xlabel("label (test positives" + (", summed over runs)" if _runs(report) > 1 else ")"))
+    runs = _runs(report)
+    ax.set_xlabel("label (test positives" + (", summed over runs)" if runs > 1 else ")"))
     ax.set_ylabel("test F1")
     ax.set_ylim(0, 1.05)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(
         f"Test F1 per label, {report['dataset']}"
-        + (f" (mean ± std over {_runs(report)} runs)" if _runs(report) > 1 else "")
+        + (f" (mean ± std over {runs} runs)" if runs > 1 else "")
     )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -179,7 +180,7 @@ def plot_summary(report: dict, strategies: list[str], path: Path) -> None:
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=20)
         ax.grid(axis="y", alpha=0.3)
-    runs = max(s["n_runs"] for s in summaries)
+    runs = _runs(report)
     spread = (
         f"error bars: std over {runs} runs"
         if runs > 1
