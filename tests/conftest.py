@@ -104,8 +104,8 @@ def claudette_slice(tmp_path_factory, claudette_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def multilabel_run(tmp_path_factory, tiny_model_dir: Path, claudette_slice: Path) -> Path:
-    """A tiny multi-label LoRA model (8 CLAUDETTE labels, tuned thresholds); do not write
-    into it (copy it first)."""
+    """A tiny multi-label LoRA model (8 CLAUDETTE labels, tuned thresholds) on the mean-pooling
+    head of the CLAUDETTE recipe; do not write into it (copy it first)."""
     from finlora.cli import main
 
     out = tmp_path_factory.mktemp("ml") / "run"
@@ -121,6 +121,7 @@ def multilabel_run(tmp_path_factory, tiny_model_dir: Path, claudette_slice: Path
             "--validation_size", "0.34",
             "--test_size", "0.34",
             "--class_weights", "sqrt",
+            "--pooling", "mean",
             "--output_dir", str(out),
         ]
     )  # fmt: skip

@@ -14,7 +14,9 @@ from finlora.modeling import (
     check_only_adapters_train,
     input_token_limit,
     load_classifier,
+    load_finetuned,
     load_tokenizer,
+    lora_targets,
     merge_adapter,
     parameter_counts,
 )
@@ -23,10 +25,11 @@ LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["Profit rose sharply .", "Sales fell 10 % .", "The meeting is on Monday ."]
 
 
-@pytest.fixture()
-def lora_model(tiny_model_dir):
+@pytest.fixture(params=["cls", "mean"])
+def lora_model(request, tiny_model_dir):
     torch.manual_seed(0)
-    model = apply_lora(load_classifier(str(tiny_model_dir), LABELS), 4, 8, 0.0)
+    base = load_classifier(str(tiny_model_dir), LABELS, pooling=request.param)
+    model = apply_lora(base, 4, 8, 0.0)
     # LoRA B starts at zero; perturb it so merging has something to fold in.
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -64,21 +67,43 @@ def test_trainable_fraction_is_small_and_stray_parameters_refused(lora_model):
 
 def test_adapter_save_load_and_merge_reproduce_logits(lora_model, tiny_model_dir, tmp_path):
     inputs = batch(tiny_model_dir)
+    pooling = getattr(lora_model.config, "classifier_pooling", "cls")
     lora_model.eval()
     with torch.no_grad():
         expected = lora_model(**inputs).logits
     lora_model.save_pretrained(tmp_path / "adapter")
-    base = load_classifier(str(tiny_model_dir), LABELS)
+    base = load_classifier(str(tiny_model_dir), LABELS, pooling=pooling)
     reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-6)
 
     merge_adapter(lora_model).save_pretrained(tmp_path / "merged")
-    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    # plain transformers: a mean-pooling head runs the class file saved beside the weights
+    plain = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "merged", trust_remote_code=pooling == "mean"
+    ).eval()
+    ours = load_finetuned(tmp_path / "merged").eval()
     assert not isinstance(plain, PeftModel)
     assert plain.config.id2label == dict(enumerate(LABELS))
     with torch.no_grad():
         assert torch.allclose(plain(**inputs).logits, expected, atol=1e-5)
+        assert torch.allclose(ours(**inputs).logits, expected, atol=1e-5)
+
+
+def test_mean_pooling_head_reads_the_mean_of_the_unpadded_tokens(tiny_model_dir):
+    """Padding must not move a text's logits, and the head must see the token mean."""
+    torch.manual_seed(0)
+    model = load_classifier(str(tiny_model_dir), LABELS, pooling="mean").eval()
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    alone = tokenizer(TEXTS[:1], return_tensors="pt")
+    padded = tokenizer(TEXTS[:1], padding="max_length", max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        states = model.encoder(**alone).last_hidden_state
+        by_hand = model.classifier(states.mean(dim=1))
+        assert torch.allclose(model(**alone).logits, by_hand, atol=1e-6)
+        assert torch.allclose(model(**padded).logits, by_hand, atol=1e-5)
+    assert model.encoder.pooler is None  # the [CLS] pooler would never get a gradient
+    assert lora_targets(model, None) == ["query", "value"]
 
 
 def test_targets_resolved_per_architecture(tiny_model_dir):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from transformers import AutoConfig
 
 from finlora.cli import main
@@ -42,6 +43,28 @@ def test_artifacts_of_a_multilabel_run(run, claudette_slice):
         if positives == 0:
             assert thresholds["thresholds"][label] == 0.5
     assert "macro_f1_at_0.5" in results["history"][0]
+
+
+def test_mean_pooling_run_loads_in_plain_transformers_and_matches_its_adapter(run, tiny_model_dir):
+    """The merged model carries its head's code; the adapter on a fresh base gives the same
+    logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finlora.modeling import load_classifier
+
+    results = json.loads((run / "final_results.json").read_text())
+    assert results["pooling"] == "mean"
+    assert (run / "mean_pooling.py").is_file()
+    assert "trust_remote_code=True" in (run / "README.md").read_text()
+    merged = AutoModelForSequenceClassification.from_pretrained(run, trust_remote_code=True)
+    base = load_classifier(str(tiny_model_dir), results["labels"], "multi_label", "mean")
+    adapter = PeftModel.from_pretrained(base, run / "adapter")
+    texts = ["we may terminate your account .", "welcome to our site ."]
+    batch = AutoTokenizer.from_pretrained(run)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = adapter.eval()(**batch).logits
+        assert torch.allclose(merged.eval()(**batch).logits, expected, atol=1e-5)
 
 
 def test_predictor_uses_the_saved_thresholds(run):

@@ -117,10 +117,12 @@ def write_model_card(path: Path, results: dict) -> None:
             f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
             f"{test['macro_f1']:.4f}, micro-F1 {test['micro_f1']:.4f} (n={test['size']})"
         )
+    # save_pretrained copies mean_pooling.py, the mean-pooling head's class, beside the weights.
+    remote_code = ", trust_remote_code=True" if results.get("pooling") == "mean" else ""
     lines += [
         "",
         "Load with plain transformers: "
-        "`AutoModelForSequenceClassification.from_pretrained(this_dir)`, "
+        f"`AutoModelForSequenceClassification.from_pretrained(this_dir{remote_code})`, "
         "or `finlora predict --model this_dir TEXT`.",
         "",
     ]

@@ -22,6 +22,7 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DATASET = "phrasebank_allagree"
 LOSSES = ("auto", "ce", "weighted_ce", "focal", "bce", "weighted_bce")
 PROBLEM_TYPES = ("auto", "single_label", "multi_label")
+POOLINGS = ("cls", "mean")
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -92,6 +93,12 @@ class TrainConfig:
 
     # --- model ---
     model_name: str = _opt(DEFAULT_MODEL, "hub id or local directory of the encoder")
+    pooling: str = _opt(
+        "cls",
+        "what the classification head reads: cls (the architecture's own head on the first "
+        "token) or mean (the mean of the token states, what sentence-transformers encoders "
+        "such as all-MiniLM-L6-v2 were trained to produce)",
+    )
     use_lora: bool = _opt(True, "train a LoRA adapter (default); --no_lora for full fine-tuning")
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA scaling numerator")
@@ -181,6 +188,10 @@ class TrainConfig:
             raise FinloraError(
                 f"--problem_type {self.problem_type!r} is unknown; use one of "
                 f"{', '.join(PROBLEM_TYPES)}"
+            )
+        if self.pooling not in POOLINGS:
+            raise FinloraError(
+                f"--pooling {self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}"
             )
         if self.label_delimiter is not None and self.label_columns:
             raise FinloraError("give either --label_delimiter or --label_columns, not both")

@@ -8,10 +8,17 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from finlora.config import DEFAULT_MODEL
 from finlora.errors import FinloraError
+from finlora.mean_pooling import POOLING_KEY, MeanPoolingForSequenceClassification
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +86,43 @@ def load_tokenizer(name: str):
 
 
 def load_classifier(
-    name: str, labels: list[str], problem_type: str = "single_label"
+    name: str, labels: list[str], problem_type: str = "single_label", pooling: str = "cls"
 ) -> PreTrainedModel:
-    """An `AutoModelForSequenceClassification` with a fresh head for `labels`.
+    """A classifier with a fresh head for `labels` on the encoder `name`.
 
+    `pooling="cls"` is the architecture's own `AutoModelForSequenceClassification`;
+    `"mean"` puts the head on the mean of the token states (`MeanPoolingForSequenceClassification`).
     `problem_type` (`single_label` or `multi_label`) is saved in config.json, so any loader
     knows whether to softmax or sigmoid the logits.
     """
     labels = list(labels)
-    model = _load(
-        AutoModelForSequenceClassification.from_pretrained,
-        name,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={lab: i for i, lab in enumerate(labels)},
-        problem_type=f"{problem_type}_classification",
-    )
-    return model
+    head = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {lab: i for i, lab in enumerate(labels)},
+        "problem_type": f"{problem_type}_classification",
+    }
+    if pooling == "cls":
+        return _load(AutoModelForSequenceClassification.from_pretrained, name, **head)
+    config = _load(AutoConfig.from_pretrained, name, **head)
+    setattr(config, POOLING_KEY, pooling)
+    encoder = _load(AutoModel.from_pretrained, name)
+    return MeanPoolingForSequenceClassification(config, encoder=encoder)
+
+
+def load_finetuned(model_dir: str | Path, **kwargs) -> PreTrainedModel:
+    """A classifier `finlora train` saved: mean-pooling ones by their own class, the others
+    by `AutoModelForSequenceClassification` (no remote code is run)."""
+    config = AutoConfig.from_pretrained(model_dir)
+    if getattr(config, POOLING_KEY, "cls") == "mean":
+        return MeanPoolingForSequenceClassification.from_pretrained(
+            model_dir, config=config, **kwargs
+        )
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, **kwargs)
+
+
+def mean_pooled(model: nn.Module) -> bool:
+    return getattr(model.config, POOLING_KEY, "cls") == "mean"
 
 
 # Architectures whose position ids start after padding_idx (RoBERTa's scheme).
@@ -156,10 +183,14 @@ def lora_targets(model: PreTrainedModel, requested: list[str] | None) -> list[st
             f"no default LoRA targets for architecture {model_type!r}; pass "
             "--lora_target_modules (e.g. query,value) naming its attention projections"
         )
+    if mean_pooled(model):  # no [CLS] pooler to adapt
+        return [name for name in LORA_TARGETS[model_type] if not name.startswith("pooler")]
     return LORA_TARGETS[model_type]
 
 
 def head_modules(model: PreTrainedModel) -> list[str]:
+    if mean_pooled(model):
+        return ["classifier"]
     return HEAD_MODULES.get(model.config.model_type, ["classifier"])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 from finlora.artifacts import (
     BACKENDS,
@@ -29,6 +29,7 @@ from finlora.artifacts import (
 )
 from finlora.errors import FinloraError
 from finlora.evaluation import DEFAULT_THRESHOLD, apply_thresholds, sigmoid
+from finlora.modeling import load_finetuned
 
 
 def default_threads() -> int:
@@ -176,7 +177,7 @@ class Predictor:
             raise FinloraError("--precision int8 needs --backend onnx (torch runs fp32)")
         model_dir = require_model_dir(model_dir)
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+            model = load_finetuned(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except OSError as exc:
             raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc

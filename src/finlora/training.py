@@ -414,7 +414,7 @@ def train(
     set_seed(config.seed)
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
-    model = load_classifier(config.model_name, data.labels, data.problem_type)
+    model = load_classifier(config.model_name, data.labels, data.problem_type, config.pooling)
     check_max_length(config.max_length, model.config, config.model_name)
     if config.use_lora:
         model = apply_lora(
@@ -561,6 +561,7 @@ def write_artifacts(
         "labels": data.labels,
         "base_model": config.model_name,
         "strategy": "lora" if config.use_lora else "full",
+        "pooling": config.pooling,
         "test": test,
         "validation": validation,
         "best_epoch": next(

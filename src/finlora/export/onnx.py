@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
 from finlora.artifacts import (
     EXPORT_INFO,
@@ -41,6 +41,7 @@ from finlora.config import resolve_config
 from finlora.data.sources import file_sha256
 from finlora.errors import FinloraError
 from finlora.evaluation import apply_thresholds
+from finlora.modeling import load_finetuned
 from finlora.predictor import OnnxRunner, Predictor, saved_max_length, saved_thresholds
 
 log = logging.getLogger(__name__)
@@ -199,9 +200,7 @@ def export_onnx(
 def load_merged(model_dir: Path):
     """The merged transformers model (eager attention: the graph ONNX Runtime fuses)."""
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, attn_implementation="eager"
-        )
+        model = load_finetuned(model_dir, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except OSError as exc:
         raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc
