@@ -31,6 +31,7 @@ def test_unknown_recipe_key_is_an_error(tmp_path):
         ({"epochs": "many"}, "cannot read 'many' as float"),
         ({"batch_size": "0"}, "at least 1"),
         ({"loss": "hinge"}, "unknown"),
+        ({"pooling": "max"}, "--pooling 'max' is unknown; use one of cls, mean"),
         ({"use_lora": "maybe"}, "true or false"),
         ({"test_size": "0.5", "validation_size": "0.45"}, "under 10%"),
         ({"data": "x.csv", "dataset": "phrasebank_allagree"}, "not both"),
