@@ -8,15 +8,16 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from finlora.errors import FinloraError
+from finlora.mean_pooling import load_finetuned
 from finlora.modeling import (
     LORA_TARGETS,
     apply_lora,
     check_only_adapters_train,
     input_token_limit,
     load_classifier,
-    load_finetuned,
     load_tokenizer,
     lora_targets,
+    mean_pooled,
     merge_adapter,
     parameter_counts,
 )
@@ -67,7 +68,7 @@ def test_trainable_fraction_is_small_and_stray_parameters_refused(lora_model):
 
 def test_adapter_save_load_and_merge_reproduce_logits(lora_model, tiny_model_dir, tmp_path):
     inputs = batch(tiny_model_dir)
-    pooling = getattr(lora_model.config, "classifier_pooling", "cls")
+    pooling = "mean" if mean_pooled(lora_model) else "cls"
     lora_model.eval()
     with torch.no_grad():
         expected = lora_model(**inputs).logits
@@ -104,6 +105,38 @@ def test_mean_pooling_head_reads_the_mean_of_the_unpadded_tokens(tiny_model_dir)
         assert torch.allclose(model(**padded).logits, by_hand, atol=1e-5)
     assert model.encoder.pooler is None  # the [CLS] pooler would never get a gradient
     assert lora_targets(model, None) == ["query", "value"]
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet", "deberta-v2"])
+def test_mean_pooling_round_trip_per_architecture(model_type, tmp_path):
+    """Save -> load gives the same logits (finlora's loader, plain transformers with remote
+    code, and a later run starting from this one); MPNet and DeBERTa-v2 have no SDPA."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(
+        model_type, vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(tmp_path / "encoder")
+    model = load_classifier(str(tmp_path / "encoder"), LABELS, pooling="mean").eval()
+    inputs = {
+        "input_ids": torch.tensor([[5, 6, 7, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 0]]),
+    }
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path / "run")
+    plain = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "run", trust_remote_code=True
+    )
+    with torch.no_grad():
+        assert torch.allclose(load_finetuned(tmp_path / "run").eval()(**inputs).logits, expected)
+        assert torch.allclose(plain.eval()(**inputs).logits, expected)
+    onward = load_classifier(str(tmp_path / "run"), ["a", "b"], pooling="mean")
+    assert torch.equal(onward.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    with pytest.raises(FinloraError, match="--pooling mean"):
+        load_classifier(str(tmp_path / "run"), ["a", "b"])
 
 
 def test_targets_resolved_per_architecture(tiny_model_dir):

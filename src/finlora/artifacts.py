@@ -3,6 +3,8 @@
 Layout of a finished run (no pickles anywhere)::
 
     config.json, model.safetensors        merged model, loadable with plain transformers
+    mean_pooling.py                       --pooling mean only: the head's class (auto_map), so
+                                          plain transformers loads it with trust_remote_code
     tokenizer.json, tokenizer_config.json tokenizer files
     adapter/adapter_config.json,
     adapter/adapter_model.safetensors     LoRA adapter (LoRA runs only; in a subfolder because
@@ -102,7 +104,8 @@ def write_model_card(path: Path, results: dict) -> None:
     lines = [
         f"# finlora classifier: {', '.join(results['labels'])}",
         "",
-        f"- base model: `{results['base_model']}` ({results['strategy']})",
+        f"- base model: `{results['base_model']}` ({results['strategy']}, "
+        f"{results.get('pooling', 'cls')} pooling)",
         f"- trainable parameters: {results['trainable_params']:,} of "
         f"{results['total_params']:,} ({100 * results['trainable_fraction']:.2f}%)",
         f"- data: `{results['data']['source']}`",

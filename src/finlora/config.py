@@ -96,8 +96,8 @@ class TrainConfig:
     pooling: str = _opt(
         "cls",
         "what the classification head reads: cls (the architecture's own head on the first "
-        "token) or mean (the mean of the token states, what sentence-transformers encoders "
-        "such as all-MiniLM-L6-v2 were trained to produce)",
+        "token) or mean (the mean of the token states, what mean-pooled sentence-transformers "
+        "encoders such as all-MiniLM-L6-v2 were trained to produce)",
     )
     use_lora: bool = _opt(True, "train a LoRA adapter (default); --no_lora for full fine-tuning")
     lora_r: int = _opt(16, "LoRA rank")

@@ -18,7 +18,11 @@ from transformers import (
 
 from finlora.config import DEFAULT_MODEL
 from finlora.errors import FinloraError
-from finlora.mean_pooling import POOLING_KEY, MeanPoolingForSequenceClassification
+from finlora.mean_pooling import (
+    POOLING_KEY,
+    MeanPoolingForSequenceClassification,
+    load_finetuned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +106,28 @@ def load_classifier(
         "label2id": {lab: i for i, lab in enumerate(labels)},
         "problem_type": f"{problem_type}_classification",
     }
-    if pooling == "cls":
-        return _load(AutoModelForSequenceClassification.from_pretrained, name, **head)
     config = _load(AutoConfig.from_pretrained, name, **head)
+    # A finlora mean-pooling run as the starting point: its weights sit under `encoder.`,
+    # which AutoModel would not find (it would start from random weights).
+    from_mean_pooled_run = getattr(config, POOLING_KEY, "cls") == "mean"
+    if from_mean_pooled_run and pooling != "mean":
+        raise FinloraError(
+            f"{name} is a finlora model with a mean-pooling head; train on it with --pooling mean"
+        )
+    if pooling == "cls":
+        return _load(AutoModelForSequenceClassification.from_pretrained, name, config=config)
     setattr(config, POOLING_KEY, pooling)
-    encoder = _load(AutoModel.from_pretrained, name)
+    if from_mean_pooled_run:
+        encoder = _load(load_finetuned, name).encoder
+    else:
+        encoder = _load(AutoModel.from_pretrained, name)
     return MeanPoolingForSequenceClassification(config, encoder=encoder)
 
 
-def load_finetuned(model_dir: str | Path, **kwargs) -> PreTrainedModel:
-    """A classifier `finlora train` saved: mean-pooling ones by their own class, the others
-    by `AutoModelForSequenceClassification` (no remote code is run)."""
-    config = AutoConfig.from_pretrained(model_dir)
-    if getattr(config, POOLING_KEY, "cls") == "mean":
-        return MeanPoolingForSequenceClassification.from_pretrained(
-            model_dir, config=config, **kwargs
-        )
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, **kwargs)
-
-
 def mean_pooled(model: nn.Module) -> bool:
-    return getattr(model.config, POOLING_KEY, "cls") == "mean"
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return isinstance(model, MeanPoolingForSequenceClassification)
 
 
 # Architectures whose position ids start after padding_idx (RoBERTa's scheme).

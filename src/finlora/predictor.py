@@ -29,7 +29,7 @@ from finlora.artifacts import (
 )
 from finlora.errors import FinloraError
 from finlora.evaluation import DEFAULT_THRESHOLD, apply_thresholds, sigmoid
-from finlora.modeling import load_finetuned
+from finlora.mean_pooling import load_finetuned
 
 
 def default_threads() -> int:

@@ -226,6 +226,9 @@ def test_multilabel_export_carries_its_thresholds(multilabel_exported, tmp_path)
     parity = info["parity"]  # checked on label sets at the tuned thresholds, with test F1
     assert parity["sample"] == "validation" and parity["fp32"]["label_agreement"] == 1.0
     assert parity["fp32"]["test_macro_f1"] == pytest.approx(parity["fp32"]["test_macro_f1_torch"])
+    # a mean-pooling model (the multi-label fixture's): the graph needs no Python class
+    assert "auto_map" in json.loads((multilabel_exported / "config.json").read_text())
+    assert "auto_map" not in json.loads((multilabel_exported / "onnx" / "config.json").read_text())
     alone = tmp_path / "onnx"
     shutil.copytree(multilabel_exported / "onnx", alone)
     torch_predictor = Predictor.load(multilabel_exported, backend="torch")

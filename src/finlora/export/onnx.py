@@ -41,7 +41,7 @@ from finlora.config import resolve_config
 from finlora.data.sources import file_sha256
 from finlora.errors import FinloraError
 from finlora.evaluation import apply_thresholds
-from finlora.modeling import load_finetuned
+from finlora.mean_pooling import load_finetuned
 from finlora.predictor import OnnxRunner, Predictor, saved_max_length, saved_thresholds
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,9 @@ def export_onnx(
             log.info("quantizing to int8 (dynamic)")
             quantize_int8(fp32_path, int8_path, keep_fp32=kept_fp32)
         tokenizer.save_pretrained(staging)
-        model.config.save_pretrained(staging)
+        # The graph needs no Python class: a mean-pooling model's auto_map stays behind.
+        config = {k: v for k, v in model.config.to_dict().items() if k != "auto_map"}
+        write_json(staging / "config.json", config)
         write_json(
             staging / LABELS_FILE,
             {"labels": labels, "id2label": dict(enumerate(labels))},
