@@ -104,8 +104,9 @@ def claudette_slice(tmp_path_factory, claudette_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def multilabel_run(tmp_path_factory, tiny_model_dir: Path, claudette_slice: Path) -> Path:
-    """A tiny multi-label LoRA model (8 CLAUDETTE labels, tuned thresholds) on the mean-pooling
-    head of the CLAUDETTE recipe; do not write into it (copy it first)."""
+    """A tiny multi-label LoRA model (8 CLAUDETTE labels, tuned thresholds) with the
+    mean-pooling head, so export and serving are tested with it too (the single-label runs
+    use [CLS]); do not write into it (copy it first)."""
     from finlora.cli import main
 
     out = tmp_path_factory.mktemp("ml") / "run"
