@@ -105,7 +105,7 @@ def write_model_card(path: Path, results: dict) -> None:
         f"# finlora classifier: {', '.join(results['labels'])}",
         "",
         f"- base model: `{results['base_model']}` ({results['strategy']}, "
-        f"{results.get('pooling', 'cls')} pooling)",
+        f"{results['pooling']} pooling)",
         f"- trainable parameters: {results['trainable_params']:,} of "
         f"{results['total_params']:,} ({100 * results['trainable_fraction']:.2f}%)",
         f"- data: `{results['data']['source']}`",
@@ -121,7 +121,7 @@ def write_model_card(path: Path, results: dict) -> None:
             f"{test['macro_f1']:.4f}, micro-F1 {test['micro_f1']:.4f} (n={test['size']})"
         )
     # save_pretrained copies mean_pooling.py, the mean-pooling head's class, beside the weights.
-    remote_code = ", trust_remote_code=True" if results.get("pooling") == "mean" else ""
+    remote_code = ", trust_remote_code=True" if results["pooling"] == "mean" else ""
     lines += [
         "",
         "Load with plain transformers: "

@@ -93,16 +93,10 @@ class BaselineModel:
         return float(self.classifiers[0].C)
 
     @classmethod
-    def fit(cls, texts: Sequence[str], targets, labels, c: float, seed: int):
-        """`targets`: class ids, or a multi-hot matrix (rows, labels) for multi-label data."""
-        vectorizer = TfidfVectorizer(**VECTORIZER_SETTINGS)
-        features = vectorizer.fit_transform(list(texts))
-        return cls.fit_features(vectorizer, features, targets, labels, c, seed)
-
-    @classmethod
     def fit_features(cls, vectorizer: TfidfVectorizer, features, targets, labels, c, seed):
         """The classifier(s) on texts `vectorizer` already turned into `features` (one
-        vectorizer serves every C tried)."""
+        vectorizer serves every C tried). `targets`: class ids, or a multi-hot matrix
+        (rows, labels) for multi-label data."""
         targets = np.asarray(targets)
         columns = targets.T if targets.ndim == 2 else [targets]
         # One BLAS thread: these small sparse problems run 10x slower when BLAS threads

@@ -29,6 +29,11 @@ POOLING_KEY = "finlora_pooling"
 HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision")
 
 
+def saved_pooling(config: PretrainedConfig) -> str:
+    """`mean` for a config this module's class wrote, `cls` for any other."""
+    return getattr(config, POOLING_KEY, "cls")
+
+
 def mean_of_tokens(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The mean of the token states the attention mask keeps (padding excluded)."""
     mask = attention_mask.unsqueeze(-1).to(states.dtype)
@@ -49,6 +54,7 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
     _supports_sdpa = True
 
     def __init__(self, config: PretrainedConfig, encoder: PreTrainedModel | None = None):
+        setattr(config, POOLING_KEY, "mean")  # saved with the weights: how to load them
         super().__init__(config)
         self.encoder = encoder if encoder is not None else AutoModel.from_config(config)
         if getattr(self.encoder, "pooler", None) is not None:
@@ -118,7 +124,7 @@ def load_finetuned(model_dir, **kwargs) -> PreTrainedModel:
     """A classifier finlora saved: a mean-pooling one by this class (no remote code is run),
     any other by `AutoModelForSequenceClassification`."""
     config = AutoConfig.from_pretrained(model_dir)
-    if getattr(config, POOLING_KEY, "cls") == "mean":
+    if saved_pooling(config) == "mean":
         return MeanPoolingForSequenceClassification.from_pretrained(
             model_dir, config=config, **kwargs
         )

@@ -19,9 +19,9 @@ from transformers import (
 from finlora.config import DEFAULT_MODEL
 from finlora.errors import FinloraError
 from finlora.mean_pooling import (
-    POOLING_KEY,
     MeanPoolingForSequenceClassification,
     load_finetuned,
+    saved_pooling,
 )
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,13 @@ def load_classifier(
     config = _load(AutoConfig.from_pretrained, name, **head)
     # A finlora mean-pooling run as the starting point: its weights sit under `encoder.`,
     # which AutoModel would not find (it would start from random weights).
-    from_mean_pooled_run = getattr(config, POOLING_KEY, "cls") == "mean"
+    from_mean_pooled_run = saved_pooling(config) == "mean"
     if from_mean_pooled_run and pooling != "mean":
         raise FinloraError(
             f"{name} is a finlora model with a mean-pooling head; train on it with --pooling mean"
         )
     if pooling == "cls":
         return _load(AutoModelForSequenceClassification.from_pretrained, name, config=config)
-    setattr(config, POOLING_KEY, pooling)
     if from_mean_pooled_run:
         encoder = _load(load_finetuned, name).encoder
     else:
