@@ -11,7 +11,7 @@ import pytest
 from finlora.artifacts import read_json
 from finlora.baseline import BaselineModel, train_baseline
 from finlora.cli import main
-from finlora.compare import bootstrap_macro_f1_ci, compare
+from finlora.compare import bootstrap_macro_f1_ci, compare, plan_units
 from finlora.config import CompareConfig, ProfileConfig, TrainConfig
 from finlora.data import prepare_data, prepare_folds
 from finlora.errors import FinloraError
@@ -174,6 +174,20 @@ def test_cross_validation_reports_mean_and_std(tmp_path, tiny_model_dir, phraseb
                 == results(out, f"baseline-seed42-fold{k}")["data"]["split_sha256"])  # fmt: skip
     assert " ± " in (out / "report.md").read_text()
     assert_png(out / "learning_curves.png")
+
+
+def test_baseline_runs_once_per_split_and_transformers_once_per_seed(
+    tmp_path, tiny_model_dir, phrasebank_slice
+):
+    config = settings(phrasebank_slice, tiny_model_dir, tmp_path, folds=2, seeds=2)
+    names = [unit.directory.name for group in plan_units(config) for unit in group]
+    assert sorted(n for n in names if n.startswith("baseline")) == [
+        "baseline-seed42-fold0", "baseline-seed42-fold1"
+    ]  # fmt: skip
+    for strategy in ("lora", "full"):
+        assert sorted(n for n in names if n.startswith(strategy)) == [
+            f"{strategy}-seed{seed}-fold{fold}" for seed in (42, 43) for fold in (0, 1)
+        ]
 
 
 def test_baseline_is_a_real_model(tmp_path, phrasebank_allagree):

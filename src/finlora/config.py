@@ -280,7 +280,9 @@ class CompareConfig:
     folds: int = _opt(
         0, "stratified K-fold cross-validation with K folds (0: one split); by group if grouped"
     )
-    seeds: int = _opt(1, "training seeds per split/fold: seed, seed+1, ...")
+    seeds: int = _opt(
+        1, "training seeds per split/fold: seed, seed+1, ... (the deterministic baseline: once)"
+    )
     seed: int = _opt(42, "seed of the split/folds and first training seed")
     bootstrap: int = _opt(1000, "bootstrap resamples for the 95% interval of test macro-F1")
     output_dir: str = _opt("reports/compare", "where runs, report and plots are written")

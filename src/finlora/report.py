@@ -76,7 +76,7 @@ def plot_confusion_matrices(report: dict, strategies: list[str], path: Path) -> 
     runs = _runs(report)
     fig.suptitle(
         f"Test confusion matrices, {report['dataset']}"
-        + (f" (summed over {runs} runs)" if runs > 1 else "")
+        + (f" (summed over {_runs_text(report)})" if runs > 1 else "")
     )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -111,7 +111,7 @@ def plot_per_label_f1(report: dict, strategies: list[str], path: Path) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(
         f"Test F1 per label, {report['dataset']}"
-        + (f" (mean ± std over {runs} runs)" if runs > 1 else "")
+        + (f" (mean ± std over {_runs_text(report)})" if runs > 1 else "")
     )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -119,6 +119,14 @@ def plot_per_label_f1(report: dict, strategies: list[str], path: Path) -> None:
 
 def _runs(report: dict) -> int:
     return max(s["n_runs"] for s in report["strategies"].values())
+
+
+def _runs_text(report: dict) -> str:
+    """`10 runs`, or the count per strategy when they differ (the baseline runs once per split)."""
+    counts = {NAMES[name]: s["n_runs"] for name, s in report["strategies"].items()}
+    if len(set(counts.values())) == 1:
+        return f"{_runs(report)} runs"
+    return "runs: " + ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def plot_learning_curves(records: dict[str, list[dict]], strategies: list[str], path) -> None:
@@ -182,7 +190,7 @@ def plot_summary(report: dict, strategies: list[str], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     runs = _runs(report)
     spread = (
-        f"error bars: std over {runs} runs"
+        f"error bars: std over {_runs_text(report)}"
         if runs > 1
         else "error bars: 95% bootstrap interval"
         if all("macro_f1_ci95" in s for s in summaries)
@@ -258,7 +266,13 @@ def write_markdown(report: dict, out: Path) -> None:
             if settings["folds"]
             else f"train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}"
         ),
-        f"- training seeds: {seeds}; recipes: {recipes}",
+        f"- training seeds: {seeds}"
+        + (
+            f" (the baseline is deterministic: one run per split, seed {settings['seed']})"
+            if settings["seeds"] > 1 and "baseline" in strategies
+            else ""
+        )
+        + f"; recipes: {recipes}",
         f"- machine: {report['machine']}",
         "",
         "| strategy | "
