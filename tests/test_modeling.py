@@ -13,6 +13,7 @@ from finlora.modeling import (
     LORA_TARGETS,
     apply_lora,
     check_only_adapters_train,
+    freeze_embeddings,
     input_token_limit,
     load_classifier,
     load_tokenizer,
@@ -55,6 +56,25 @@ def test_only_adapter_and_head_change_after_a_step(lora_model, tiny_model_dir):
     assert changed, "nothing trained"
     assert all("lora_" in n or "modules_to_save" in n for n in changed)
     assert any("lora_" in n for n in changed) and any("classifier" in n for n in changed)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_frozen_embedding_block_stays_while_the_rest_of_the_model_trains(pooling, tiny_model_dir):
+    torch.manual_seed(0)
+    model = load_classifier(str(tiny_model_dir), LABELS, pooling=pooling)
+    block = {n for n, _ in model.named_parameters() if ".embeddings." in n}
+    assert {n.rsplit(".", 2)[-2] for n in block} >= {"word_embeddings", "position_embeddings"}
+    assert freeze_embeddings(model) == sum(
+        p.numel() for n, p in model.named_parameters() if n in block
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    model(**batch(tiny_model_dir), labels=torch.tensor([0, 1, 2])).loss.backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not changed & block
+    assert any(".layer.0." in n for n in changed) and any("classifier" in n for n in changed)
 
 
 def test_trainable_fraction_is_small_and_stray_parameters_refused(lora_model):

@@ -169,6 +169,20 @@ def test_full_fine_tuning_with_focal_loss(tmp_path, tiny_model_dir, phrasebank_s
     assert results["loss"]["name"] == "focal" and len(results["loss"]["class_weights"]) == 3
 
 
+def test_full_fine_tuning_with_frozen_embeddings_saves_them_unchanged(
+    tmp_path, tiny_model_dir, phrasebank_slice
+):
+    out = train_cli(tmp_path, tiny_model_dir, phrasebank_slice, "frozen", "--no_lora",
+                    "--freeze_embeddings", "--epochs", "1")  # fmt: skip
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).state_dict()
+    trained = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    embeddings = [name for name in base if ".embeddings." in name]
+    assert embeddings and all(torch.equal(base[n], trained[n]) for n in embeddings)
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(base[query], trained[query])
+    assert 0.0 < results_of(out)["trainable_fraction"] < 1.0
+
+
 def test_failed_run_leaves_previous_output_untouched(lora_run, tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\n" + "".join(f"t{i},a\n" for i in range(20)))

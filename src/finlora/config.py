@@ -100,6 +100,13 @@ class TrainConfig:
         "encoders such as all-MiniLM-L6-v2 were trained to produce)",
     )
     use_lora: bool = _opt(True, "train a LoRA adapter (default); --no_lora for full fine-tuning")
+    freeze_embeddings: bool = _opt(
+        False,
+        "full fine-tuning: keep the encoder's embedding block (token, position and type "
+        "embeddings, their LayerNorm) at its pretrained values, so that words the small "
+        "training set never shows keep their place next to the ones it does (LoRA freezes "
+        "them anyway)",
+    )
     lora_r: int = _opt(16, "LoRA rank")
     lora_alpha: int = _opt(32, "LoRA scaling numerator")
     lora_dropout: float = _opt(

@@ -123,6 +123,29 @@ def load_classifier(
     return MeanPoolingForSequenceClassification(config, encoder=encoder)
 
 
+def freeze_embeddings(model: PreTrainedModel) -> int:
+    """Stop gradients into the embedding block; returns how many parameters it froze.
+
+    The block is the module holding the input word embeddings (BertEmbeddings,
+    DistilBERT's Embeddings, ...), so position and type embeddings and their LayerNorm
+    freeze with it; an architecture that keeps the word embeddings directly in its base
+    model freezes only them.
+    """
+    words = model.get_input_embeddings()
+    block = next(
+        (module for module in model.modules() if any(c is words for c in module.children())),
+        words,
+    )
+    if block is model or block is model.base_model:
+        block = words
+    frozen = 0
+    for param in block.parameters():
+        if param.requires_grad:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def mean_pooled(model: nn.Module) -> bool:
     if isinstance(model, PeftModel):
         model = model.get_base_model()

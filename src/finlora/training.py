@@ -65,6 +65,7 @@ from finlora.modeling import (
     apply_lora,
     check_max_length,
     check_only_adapters_train,
+    freeze_embeddings,
     input_token_limit,
     load_classifier,
     load_tokenizer,
@@ -421,6 +422,8 @@ def train(
             model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
         )
         check_only_adapters_train(model)
+    elif config.freeze_embeddings:
+        log.info("embedding block frozen: %s parameters", f"{freeze_embeddings(model):,}")
     params = log_parameter_report(model)
 
     loss_name, weights = resolve_loss(config, data)
