@@ -10,17 +10,24 @@ fits finlora's linear reference on the same split in a minute, the one `finlora 
 per label, C and per-label thresholds picked on validation. LexGLUE anchors
 (UNFAIR-ToS test, its own document split): Legal-BERT 96.0 / 83.0, BERT-base 95.6 / 81.3,
 TF-IDF+SVM 95.4 / 78.8 LexGLUE-style micro / macro-F1.
+
+`--train_fraction F` trains on a seeded random F of the training documents (validation and test
+unchanged): points of a learning curve, to tell how much more labelled data would buy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from finlora.baseline import train_baseline
 from finlora.config import resolve_config
-from finlora.data import prepare_data
+from finlora.data import PreparedData, prepare_data
+from finlora.data.prepare import texts_sha256
 from finlora.training import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "config" / "claudette_multilabel.yaml"
@@ -32,9 +39,16 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
     return {key.lstrip("-"): value for key, value in zip(argv[::2], argv[1::2])}
 
 
-def baseline(config) -> dict:
-    """finlora's own baseline (what `finlora compare` runs) on the recipe's split."""
-    return train_baseline(prepare_data(config), f"{config.output_dir}-baseline", config.seed)
+def keep_training_documents(data: PreparedData, fraction: float, seed: int) -> PreparedData:
+    """The same split with only `fraction` of the training documents (whole documents)."""
+    documents = np.random.default_rng(seed).permutation(sorted(data.train["group"].unique()))
+    kept = documents[: max(1, round(fraction * len(documents)))]
+    train = data.train[data.train["group"].isin(kept)]
+    info = {**data.info, "train_fraction": fraction}
+    info["groups"] = {**info["groups"], "train": sorted(kept.tolist())}
+    info["sizes"] = {**info["sizes"], "train": len(train)}
+    info["split_sha256"] = {**info["split_sha256"], "train": texts_sha256(train["text"])}
+    return dataclasses.replace(data, train=train, info=info)
 
 
 def main() -> None:
@@ -43,10 +57,22 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     argv = sys.argv[1:]
     run_baseline = "--baseline" in argv
-    config = resolve_config(parse_overrides([a for a in argv if a != "--baseline"]), str(RECIPE))
-    results = baseline(config) if run_baseline else train(config)
+    overrides = parse_overrides([a for a in argv if a != "--baseline"])
+    fraction = float(overrides.pop("train_fraction", 1.0))
+    if not 0 < fraction <= 1:
+        raise SystemExit("--train_fraction must be in (0, 1]")
+    config = resolve_config(overrides, str(RECIPE))
+    data = prepare_data(config)
+    if fraction < 1:
+        data = keep_training_documents(data, fraction, config.seed)
+    results = (
+        train_baseline(data, f"{config.output_dir}-baseline", config.seed)
+        if run_baseline
+        else train(config, data)
+    )
     groups = results["data"]["groups"]
-    print(f"\nclaudette_tos, split by document: train {len(groups['train'])} docs, "
+    print(f"\nclaudette_tos, split by document: train {len(groups['train'])} docs "
+          f"({len(data.train)} sentences), "
           f"validation {len(groups['validation'])}, test {len(groups['test'])} "
           f"({', '.join(groups['test'])})")  # fmt: skip
     selected = (
