@@ -28,6 +28,7 @@ from finlora.baseline import train_baseline
 from finlora.config import resolve_config
 from finlora.data import PreparedData, prepare_data
 from finlora.data.prepare import texts_sha256
+from finlora.data.split import label_counts
 from finlora.training import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "config" / "claudette_multilabel.yaml"
@@ -48,6 +49,11 @@ def keep_training_documents(data: PreparedData, fraction: float, seed: int) -> P
     info["groups"] = {**info["groups"], "train": sorted(kept.tolist())}
     info["sizes"] = {**info["sizes"], "train": len(train)}
     info["split_sha256"] = {**info["split_sha256"], "train": texts_sha256(train["text"])}
+    positives = label_counts(train["label"])
+    info["split_class_counts"] = {
+        **info["split_class_counts"],
+        "train": {label: int(positives.get(label, 0)) for label in data.labels},
+    }
     return dataclasses.replace(data, train=train, info=info)
 
 
