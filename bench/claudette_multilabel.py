@@ -17,7 +17,6 @@ unchanged): points of a learning curve, to tell how much more labelled data woul
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -27,8 +26,6 @@ import numpy as np
 from finlora.baseline import train_baseline
 from finlora.config import resolve_config
 from finlora.data import PreparedData, prepare_data
-from finlora.data.prepare import texts_sha256
-from finlora.data.split import label_counts
 from finlora.training import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "config" / "claudette_multilabel.yaml"
@@ -44,17 +41,7 @@ def keep_training_documents(data: PreparedData, fraction: float, seed: int) -> P
     """The same split with only `fraction` of the training documents (whole documents)."""
     documents = np.random.default_rng(seed).permutation(sorted(data.train["group"].unique()))
     kept = documents[: max(1, round(fraction * len(documents)))]
-    train = data.train[data.train["group"].isin(kept)]
-    info = {**data.info, "train_fraction": fraction}
-    info["groups"] = {**info["groups"], "train": sorted(kept.tolist())}
-    info["sizes"] = {**info["sizes"], "train": len(train)}
-    info["split_sha256"] = {**info["split_sha256"], "train": texts_sha256(train["text"])}
-    positives = label_counts(train["label"])
-    info["split_class_counts"] = {
-        **info["split_class_counts"],
-        "train": {label: int(positives.get(label, 0)) for label in data.labels},
-    }
-    return dataclasses.replace(data, train=train, info=info)
+    return data.with_train(data.train[data.train["group"].isin(kept)], train_fraction=fraction)
 
 
 def main() -> None:

@@ -95,6 +95,21 @@ def test_group_split_never_puts_a_document_in_two_splits(claudette_dir):
         assert data.info["rows_without_label"]["train"] > 0
 
 
+def test_fewer_training_documents_keep_the_record_in_step(claudette_dir):
+    data = prepare_data(TrainConfig(dataset="claudette_tos", test_size=0.2))
+    kept = sorted(data.train["group"].unique())[:5]
+    fewer = data.with_train(data.train[data.train["group"].isin(kept)], train_fraction=0.2)
+    assert fewer.info["groups"]["train"] == kept
+    assert fewer.info["groups"]["test"] == data.info["groups"]["test"]
+    assert fewer.info["sizes"]["train"] == len(fewer.train) < len(data.train)
+    assert fewer.info["split_class_counts"]["train"] == dict(
+        zip(fewer.labels, fewer.class_counts("train"))
+    )
+    assert fewer.info["split_sha256"]["validation"] == data.info["split_sha256"]["validation"]
+    assert fewer.info["split_sha256"]["train"] != data.info["split_sha256"]["train"]
+    assert fewer.info["train_fraction"] == 0.2
+
+
 def test_group_split_of_a_generic_file(tmp_path):
     rows = [(f"clause {i} of doc {d}", ["X"] if i % 3 == 0 else [], f"doc{d}")
             for d in range(12) for i in range(6)]  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,44 @@ class PreparedData:
         """What the model trains on: class ids, or multi-hot rows for multi-label."""
         return self.label_matrix(split).tolist() if self.multi_label else self.label_ids(split)
 
+    def with_train(self, train: pd.DataFrame, **note: Any) -> PreparedData:
+        """The same split with other training rows (e.g. fewer documents); `info` follows."""
+        splits = {"train": train, "validation": self.validation, "test": self.test}
+        grouped = "groups" in self.info
+        info = {**self.info, **note, **split_info(splits, self.labels, self.multi_label, grouped)}
+        return replace(self, train=train, info=info)
+
     def class_counts(self, split: str = "train") -> list[int]:
         """Rows per class; for multi-label, positive rows per label."""
         counts = label_counts(getattr(self, split)["label"])
         return [int(counts.get(name, 0)) for name in self.labels]
+
+
+def _counts(part: pd.DataFrame, labels: list[str]) -> dict[str, int]:
+    found = label_counts(part["label"])
+    return {lab: int(found.get(lab, 0)) for lab in labels}
+
+
+def split_info(
+    splits: dict[str, pd.DataFrame], labels: list[str], multi_label: bool, grouped: bool
+) -> dict[str, Any]:
+    """What `data` records of each split: sizes, text hashes, positives, rows without a label
+    (multi-label) and documents (grouped data)."""
+    info: dict[str, Any] = {
+        "sizes": {name: len(part) for name, part in splits.items()},
+        "split_sha256": {name: texts_sha256(part["text"]) for name, part in splits.items()},
+        "split_class_counts": {name: _counts(part, labels) for name, part in splits.items()},
+    }
+    if multi_label:
+        info["rows_without_label"] = {
+            name: int((part["label"].map(len) == 0).sum()) for name, part in splits.items()
+        }
+    if grouped:
+        info["groups"] = {
+            name: sorted(part["group"].unique().tolist()) if "group" in part else []
+            for name, part in splits.items()
+        }
+    return info
 
 
 def multi_hot(label_sets, labels: list[str]) -> np.ndarray:
@@ -227,10 +261,6 @@ def _prepared(
         problem_type="multi_label" if multi_label else "single_label",
     )
 
-    def counts(part: pd.DataFrame) -> dict[str, int]:
-        found = label_counts(part["label"])
-        return {lab: int(found.get(lab, 0)) for lab in labels}
-
     prepared.info = {
         "source": str(source),
         "dataset": None if config.data else (config.dataset or DEFAULT_DATASET),
@@ -240,26 +270,15 @@ def _prepared(
         "conflicting_texts_dropped": sum(f["conflicting_texts_dropped"] for f in files.values()),
         "empty_texts_dropped": sum(f["empty_texts_dropped"] for f in files.values()),
         "leaked_rows_dropped": clean_data.leaked_rows_dropped,
-        "class_counts": counts(frame),
+        "class_counts": _counts(frame, labels),
         "imbalance_ratio": round(ratio, 4),
         "imbalanced": imbalanced,
         "split_strategy": ("group " if "group" in frame else "")
         + ("stratified" if imbalanced else "random"),
         **extra_info,
-        "sizes": {name: len(part) for name, part in splits.items()},
-        "split_sha256": {name: texts_sha256(part["text"]) for name, part in splits.items()},
-        "split_class_counts": {name: counts(part) for name, part in splits.items()},
+        **({"group_column": group_column(config)} if "group" in frame else {}),
+        **split_info(splits, labels, multi_label, grouped="group" in frame),
     }
-    if multi_label:
-        prepared.info["rows_without_label"] = {
-            name: int((part["label"].map(len) == 0).sum()) for name, part in splits.items()
-        }
-    if "group" in frame:
-        prepared.info["group_column"] = group_column(config)
-        prepared.info["groups"] = {
-            name: sorted(part["group"].unique().tolist()) if "group" in part else []
-            for name, part in splits.items()
-        }
     log.info(
         "data: %s | %s %s | imbalance %.2f (%s split) | train %d, validation %d, test %d",
         source.name,
