@@ -38,7 +38,9 @@ def run(command: list[str], **env) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=600)
 
 
-def torchrun(entry: list[str], model, data, out: Path, **env) -> subprocess.CompletedProcess:
+def torchrun(
+    entry: list[str], model, data, out: Path, *extra: str, **env
+) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node 2 <entry> train ...` on the tiny model."""
     command = [
         *TORCHRUN,
@@ -57,6 +59,7 @@ def torchrun(entry: list[str], model, data, out: Path, **env) -> subprocess.Comp
         "--lora_r", "8",
         "--lora_alpha", "16",  # with faster rates, larger adapters collapse the tiny model
         "--output_dir", str(out),
+        *extra,
     ]  # fmt: skip
     return run(command, **env)
 
@@ -114,6 +117,20 @@ def test_metrics_equal_a_single_process_evaluation(ddp_run, phrasebank_slice, tm
     assert best["macro_f1"] == pytest.approx(validation["macro_f1"])
     assert best["accuracy"] == pytest.approx(validation["accuracy"])
     assert len(set(predicted)) > 1, "model too degenerate for this comparison to mean much"
+
+
+def test_refit_runs_on_every_rank_with_the_same_epoch_count(
+    ddp_run, tiny_model_dir, phrasebank_slice, tmp_path
+):
+    """Every rank must agree on the refit's length, or the job hangs in a collective."""
+    out = tmp_path / "refit"
+    done = torchrun(["-m", "finlora"], tiny_model_dir, phrasebank_slice, out, "--refit")
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((out / "final_results.json").read_text())
+    selected = json.loads((ddp_run[0] / "final_results.json").read_text())
+    assert results["refit"]["epochs"] == results["best_epoch"] == selected["best_epoch"]
+    assert results["refit"]["train_rows"] == 239 + 30
+    assert (done.stdout + done.stderr).count("artifacts written to") == 1
 
 
 @pytest.mark.parametrize(

@@ -143,3 +143,44 @@ def test_predict_document(run, tmp_path, capsys, claudette_dir):
     assert main(["-q", "predict", "--model", str(run), "--document", str(xml), "--window",
                  "999"]) == 2  # fmt: skip
     assert "--window must be between 1 and 38" in capsys.readouterr().err
+
+
+def test_refit_keeps_the_thresholds_tuned_on_the_selected_model(
+    run, tmp_path, tiny_model_dir, claudette_slice
+):
+    """--refit ships a model trained on training + validation documents with the thresholds
+    the selected model earned on validation (the refit model has seen validation); a rerun
+    with the same --checkpoint_dir resumes both runs."""
+    settings = json.loads((run / "final_results.json").read_text())
+    command = [
+        "-q", "train",
+        "--data", str(claudette_slice),
+        "--model_name", str(tiny_model_dir),
+        "--epochs", "1",
+        "--batch_size", "32",
+        "--learning_rate", "0.005",
+        "--max_length", "40",
+        "--validation_size", "0.34",
+        "--test_size", "0.34",
+        "--class_weights", "sqrt",
+        "--pooling", "mean",
+        "--refit",
+        "--checkpoint_dir", str(tmp_path / "checkpoints"),
+        "--output_dir", str(tmp_path / "refit"),
+    ]  # fmt: skip
+    assert main(command) == 0
+    out = tmp_path / "refit"
+    results = json.loads((out / "final_results.json").read_text())
+    assert json.loads((out / "thresholds.json").read_text()) == json.loads(
+        (run / "thresholds.json").read_text()
+    )
+    assert results["validation"] == settings["validation"]
+    assert results["refit"]["selected_model_test"] == settings["test"]
+    assert results["data"] == settings["data"]  # the split: two documents per part
+    sizes = settings["data"]["sizes"]
+    assert results["refit"]["train_rows"] == sizes["train"] + sizes["validation"]
+    assert len(list((tmp_path / "checkpoints" / "refit").glob("checkpoint-*"))) == 1
+
+    assert main([*command[:-1], str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "final_results.json").read_text())
+    assert again["test"] == results["test"]

@@ -238,3 +238,39 @@ def test_a_model_predicting_one_class_everywhere_gets_a_warning_naming_the_fix()
     assert single_class_warning(healthy, TrainConfig()) is None
     one_class_data = {"prediction_distribution": {"neutral": 226}}
     assert single_class_warning(one_class_data, TrainConfig()) is None
+
+
+def test_refit_trains_the_selected_epoch_count_on_training_and_validation_rows(
+    lora_run, tmp_path, tiny_model_dir, phrasebank_slice
+):
+    """The selection is the same run as without --refit; the model shipped is a new one
+    trained on more rows, and the results test that one."""
+    from finlora.predictor import Predictor
+
+    plain = results_of(lora_run)
+    out = train_cli(tmp_path, tiny_model_dir, phrasebank_slice, "refit", "--refit")
+    results = results_of(out)
+    assert results["history"] == plain["history"] and results["best_epoch"] == plain["best_epoch"]
+    assert results["validation"] == plain["validation"]
+    refit = results["refit"]
+    assert refit["epochs"] == plain["best_epoch"]
+    sizes = plain["data"]["sizes"]
+    assert refit["train_rows"] == sizes["train"] + sizes["validation"]
+    assert results["data"] == plain["data"]  # the split, as `compare` checks it on reruns
+    assert refit["selected_model_test"] == plain["test"]
+    assert files(out) == EXPECTED_LORA_FILES
+
+    shipped = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    selected = AutoModelForSequenceClassification.from_pretrained(lora_run).state_dict()
+    assert not torch.equal(shipped["classifier.weight"], selected["classifier.weight"])
+    test_rows = json.loads((out / "final_results.json").read_text())["test"]["size"]
+    assert test_rows == plain["test"]["size"]
+    # what the results say about test is what the saved model predicts
+    from finlora.config import TrainConfig
+    from finlora.data import prepare_data
+
+    data = prepare_data(TrainConfig(data=str(phrasebank_slice)))
+    predicted = Predictor.load(out).predict_ids(data.test["text"])
+    assert sum(p == t for p, t in zip(predicted, data.label_ids("test"))) == round(
+        results["test"]["accuracy"] * len(predicted)
+    )

@@ -120,6 +120,12 @@ def write_model_card(path: Path, results: dict) -> None:
             f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
             f"{test['macro_f1']:.4f}, micro-F1 {test['micro_f1']:.4f} (n={test['size']})"
         )
+    refit = results.get("refit")
+    if refit:
+        lines.append(
+            f"- refit: trained {refit['epochs']:g} epochs (the epoch chosen on validation) on "
+            f"the {refit['train_rows']} training + validation rows"
+        )
     # save_pretrained copies mean_pooling.py, the mean-pooling head's class, beside the weights.
     remote_code = ", trust_remote_code=True" if results["pooling"] == "mean" else ""
     lines += [

@@ -144,6 +144,12 @@ class TrainConfig:
     gradient_accumulation_steps: int = _opt(1, "batches per optimizer step")
     lr_scheduler_type: str = _opt("linear", "transformers scheduler name")
     early_stopping_patience: int = _opt(0, "stop after N epochs without improvement (0: off)")
+    refit: bool = _opt(
+        False,
+        "after choosing the epoch count (and multi-label thresholds) on validation, train a "
+        "new model that many epochs on training + validation rows and ship that one (about "
+        "twice the training time; the validation figures reported stay the selected model's)",
+    )
     seed: int = _opt(42, "seed for split, initialisation and data order")
     fp16: bool = _opt(False, "fp16 mixed precision (CUDA); without CUDA falls back to bf16/fp32")
     bf16: bool = _opt(True, "bf16 mixed precision where supported (AVX-512 BF16 CPU, GPU)")

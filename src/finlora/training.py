@@ -13,8 +13,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
@@ -122,6 +124,13 @@ class EpochSummary(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.train_loss = logs["loss"]
+            if args.eval_strategy == "no":  # nothing to evaluate: the loss is the line
+                log.info(
+                    "epoch %.0f/%.0f: train loss %.4f",
+                    state.epoch or 0,
+                    args.num_train_epochs,
+                    self.train_loss,
+                )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics = metrics or {}
@@ -277,9 +286,14 @@ def resolve_loss(config: TrainConfig, data: PreparedData) -> tuple[str, list[flo
 
 
 def training_arguments(
-    config: TrainConfig, precision: str, checkpoint_dir: str, resumable: bool = False
+    config: TrainConfig,
+    precision: str,
+    checkpoint_dir: str,
+    resumable: bool = False,
+    select: bool = True,
 ) -> TrainingArguments:
-    """Hugging Face settings; `resumable` keeps optimizer, scheduler and RNG state per epoch."""
+    """Hugging Face settings; `resumable` keeps optimizer, scheduler and RNG state per epoch;
+    `select` evaluates every epoch and loads the best one back at the end."""
     return TrainingArguments(
         output_dir=checkpoint_dir,
         num_train_epochs=config.epochs,
@@ -291,13 +305,13 @@ def training_arguments(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         lr_scheduler_type=config.lr_scheduler_type,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        eval_strategy="epoch",
-        save_strategy="epoch",
+        eval_strategy="epoch" if select else "no",
+        save_strategy="epoch" if select or resumable else "no",
         logging_strategy="epoch",
         save_total_limit=1,
         save_only_model=not resumable,
-        load_best_model_at_end=True,
-        metric_for_best_model="macro_f1",
+        load_best_model_at_end=select,
+        metric_for_best_model="macro_f1" if select else None,
         greater_is_better=True,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
@@ -392,29 +406,36 @@ def checkpoint_space(checkpoint_dir: str | Path | None) -> Iterator[Path]:
     yield path
 
 
-def train(
-    config: TrainConfig,
-    data: PreparedData | None = None,
-    *,
-    output_dir: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    callbacks: Sequence[TrainerCallback] = (),
-) -> dict | None:
-    """Train, select on validation macro-F1, test, and write the artifacts atomically.
+@dataclass
+class Fit:
+    """One Trainer run and the facts about it that the results report."""
 
-    Returns the `final_results.json` payload; under a distributed launcher only rank 0
-    writes artifacts and gets it, the other ranks return None. `output_dir` and
-    `checkpoint_dir` (local paths) override the config's, for callers that stage remote
-    locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
+    trainer: WeightedLossTrainer
+    params: dict
+    loss_name: str
+    weights: list[float] | None
+    layout: dict
+    train_token_lengths: dict
+    seconds: float
+
+
+def fit(
+    config: TrainConfig,
+    data: PreparedData,
+    tokenizer,
+    precision: str,
+    checkpoints: Path,
+    *,
+    resumable: bool,
+    select: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> Fit:
+    """Build the model and train it on `data.train`.
+
+    With `select`, it is evaluated on validation every epoch and the best epoch's weights
+    (validation macro-F1) are kept; without, it trains `config.epochs` and keeps the last.
     """
-    output_dir = output_dir or config.output_dir
-    checkpoint_dir = checkpoint_dir or config.checkpoint_dir
-    main_process = is_main_process()
-    if main_process:
-        check_output_parent(output_dir)  # fail before training, not after it
     set_seed(config.seed)
-    data = data or prepare_data(config)
-    tokenizer = load_tokenizer(config.model_name)
     model = load_classifier(config.model_name, data.labels, data.problem_type, config.pooling)
     check_max_length(config.max_length, model.config, config.model_name)
     if config.use_lora:
@@ -436,100 +457,144 @@ def train(
         if weights
         else "",
     )
-    precision = precision_policy(config.fp16, config.bf16)
-
     lengths = report_truncation(
         tokenizer, data.train["text"], config.max_length, input_token_limit(model.config)
     )
     train_set = EncodedTexts(
         tokenizer, data.train["text"], data.targets("train"), config.max_length
     )
-    validation_set = EncodedTexts(
-        tokenizer, data.validation["text"], data.targets("validation"), config.max_length
-    )
-    resumable = checkpoint_dir is not None
+    validation_set = None
     trainer_callbacks: list[TrainerCallback] = [EpochSummary(), MarkCheckpointComplete()]
-    if config.early_stopping_patience > 0:
-        trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
+    if select:
+        validation_set = EncodedTexts(
+            tokenizer, data.validation["text"], data.targets("validation"), config.max_length
+        )
+        if config.early_stopping_patience > 0:
+            trainer_callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     trainer_callbacks += callbacks
 
     # Each rank has its own checkpoint dir; only rank 0 saves into its own and loads the best
     # checkpoint back at the end, and only rank 0's model is written out.
+    resume = None
+    if resumable:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        resume = resume_point(checkpoints, run_fingerprint(config, data), is_main_process())
+    trainer = WeightedLossTrainer(
+        model=model,
+        args=training_arguments(config, precision, str(checkpoints), resumable, select),
+        optimizers=(loraplus_optimizer(model, config), None),
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=multilabel_metrics if data.multi_label else macro_f1_metrics,
+        callbacks=trainer_callbacks,
+        loss_fn=loss_fn,
+    )
+    layout = batch_layout(config.batch_size, config.gradient_accumulation_steps)
+    check_same_data_on_all_ranks(data, weights)
+    log.info(
+        "training %s on %d examples: %s epochs, batch %d per device x %d accumulation x "
+        "%d process(es) = %d per step, lr %g, %s, %s",
+        "LoRA" if config.use_lora else "all parameters",
+        len(train_set),
+        config.epochs,
+        config.batch_size,
+        config.gradient_accumulation_steps,
+        layout["world_size"],
+        layout["global_batch_size"],
+        config.learning_rate,
+        precision,
+        device_name(),
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return Fit(trainer, params, loss_name, weights, layout, lengths, time.perf_counter() - started)
+
+
+def best_epoch(trainer: Trainer) -> float | None:
+    """The epoch whose validation macro-F1 was kept."""
+    history = epoch_history(trainer.state.log_history)
+    return next((r["epoch"] for r in history if r["macro_f1"] == trainer.state.best_metric), None)
+
+
+def refit_data(data: PreparedData) -> PreparedData:
+    """Training rows plus validation rows: what the refit trains on. Test stays held out."""
+    train = pd.concat([data.train, data.validation], ignore_index=True)
+    return data.with_train(train)
+
+
+def train(
+    config: TrainConfig,
+    data: PreparedData | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict | None:
+    """Train, select on validation macro-F1, test, and write the artifacts atomically.
+
+    With `config.refit`, the selected run only chooses the number of epochs (and the
+    multi-label thresholds); a second model then trains that many epochs on training plus
+    validation rows, and that model is tested and saved.
+
+    Returns the `final_results.json` payload; under a distributed launcher only rank 0
+    writes artifacts and gets it, the other ranks return None. `output_dir` and
+    `checkpoint_dir` (local paths) override the config's, for callers that stage remote
+    locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
+    """
+    output_dir = output_dir or config.output_dir
+    checkpoint_dir = checkpoint_dir or config.checkpoint_dir
+    main_process = is_main_process()
+    if main_process:
+        check_output_parent(output_dir)  # fail before training, not after it
+    data = data or prepare_data(config)
+    tokenizer = load_tokenizer(config.model_name)
+    precision = precision_policy(config.fp16, config.bf16)
+    resumable = checkpoint_dir is not None
     with checkpoint_space(checkpoint_dir) as checkpoints:
-        resume = None
-        if resumable:
-            resume = resume_point(checkpoints, run_fingerprint(config, data), tidy=main_process)
-        args = training_arguments(config, precision, str(checkpoints), resumable)
-        trainer = WeightedLossTrainer(
-            model=model,
-            args=args,
-            optimizers=(loraplus_optimizer(model, config), None),
-            train_dataset=train_set,
-            eval_dataset=validation_set,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=multilabel_metrics if data.multi_label else macro_f1_metrics,
-            callbacks=trainer_callbacks,
-            loss_fn=loss_fn,
-        )
-        layout = batch_layout(config.batch_size, config.gradient_accumulation_steps)
-        check_same_data_on_all_ranks(data, weights)
-        log.info(
-            "training %s on %d examples: %s epochs, batch %d per device x %d accumulation x "
-            "%d process(es) = %d per step, lr %g, %s, %s",
-            "LoRA" if config.use_lora else "all parameters",
-            len(train_set),
-            config.epochs,
-            config.batch_size,
-            config.gradient_accumulation_steps,
-            layout["world_size"],
-            layout["global_batch_size"],
-            config.learning_rate,
-            precision,
-            device_name(),
-        )
-        started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        train_seconds = time.perf_counter() - started
+        selected = fit(
+            config, data, tokenizer, precision, checkpoints,
+            resumable=resumable, callbacks=callbacks,
+        )  # fmt: skip
+        refit = None
+        if config.refit:
+            epochs = best_epoch(selected.trainer) or config.epochs
+            log.info(
+                "refit: training a new model for %g epochs (the selected epoch) on the "
+                "training and validation rows",
+                epochs,
+            )
+            refit = fit(
+                replace(config, epochs=epochs), refit_data(data), tokenizer, precision,
+                checkpoints / "refit", resumable=resumable, select=False,
+            )  # fmt: skip
         if not main_process:
             return None
 
         # The staging dir exists only while writing, so a rank killed during training
         # leaves nothing behind next to the output dir.
         with atomic_output_dir(output_dir) as staging:
-            results = write_artifacts(
-                staging,
-                trainer,
-                tokenizer,
-                config,
-                data,
-                params,
-                precision,
-                train_seconds,
-                loss_name,
-                weights,
-                layout,
-                lengths,
-            )
+            results = write_artifacts(staging, tokenizer, config, data, precision, selected, refit)
     log.info("artifacts written to %s", output_dir)
     return results
 
 
 def write_artifacts(
     staging: Path,
-    trainer: Trainer,
     tokenizer,
     config: TrainConfig,
     data: PreparedData,
-    params: dict,
     precision: str,
-    train_seconds: float,
-    loss_name: str,
-    weights: list[float] | None,
-    layout: dict,
-    train_token_lengths: dict,
+    selected: Fit,
+    refit: Fit | None = None,
 ) -> dict:
-    """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report."""
-    model = trainer.model
+    """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report.
+
+    The model saved is the refit one when there is one; validation figures (and the
+    thresholds) are always the selected model's, as the refit one has trained on validation.
+    """
+    final = refit or selected
+    model = final.trainer.model
     if config.use_lora:
         # In a subfolder: transformers applies an adapter_config.json it finds next to
         # config.json on top of the (already merged) weights, which would apply LoRA twice.
@@ -537,28 +602,26 @@ def write_artifacts(
     merged = merge_adapter(model).to("cpu").float()
     merged.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    write_json(staging / TRAINING_ARGS, trainer.args.to_dict())
+    write_json(staging / TRAINING_ARGS, final.trainer.args.to_dict())
     save_config(config, staging / RESOLVED_CONFIG)
 
     predictor = Predictor(merged, tokenizer, config.max_length, config.eval_batch_size)
+    chooser = predictor
+    if refit:
+        chooser = Predictor(
+            merge_adapter(selected.trainer.model).to("cpu").float(), tokenizer,
+            config.max_length, config.eval_batch_size,
+        )  # fmt: skip
     if data.multi_label:
-        validation, test = multilabel_evaluation(staging, predictor, data)
-    else:
-        validation = classification_report(
-            data.label_ids("validation"),
-            predictor.predict_ids(data.validation["text"]),
-            data.labels,
-        )
-        test = None
-        if not data.test.empty:
-            test = classification_report(
-                data.label_ids("test"), predictor.predict_ids(data.test["text"]), data.labels
-            )
-            log.info("\n%s", format_report(test, "test"))
+        chooser.thresholds = tuned_thresholds(staging, chooser, data)
+        predictor.thresholds = chooser.thresholds
+    validation = split_report(chooser, data, "validation")
+    test = split_report(predictor, data, "test")
+    if test:
+        log.info("\n%s", (format_multilabel_report if data.multi_label else format_report)(test))
     warning = None if data.multi_label else single_class_warning(validation, config)
     if warning:
         log.warning(warning)
-    history = epoch_history(trainer.state.log_history)
     results = {
         "task": data.problem_type,
         "labels": data.labels,
@@ -567,60 +630,66 @@ def write_artifacts(
         "pooling": config.pooling,
         "test": test,
         "validation": validation,
-        "best_epoch": next(
-            (r["epoch"] for r in history if r["macro_f1"] == trainer.state.best_metric), None
-        ),
-        "history": history,
-        **params,
-        "train_seconds": round(train_seconds, 2),
+        "best_epoch": best_epoch(selected.trainer),
+        "history": epoch_history(selected.trainer.state.log_history),
+        **final.params,
+        "train_seconds": round(selected.seconds + (refit.seconds if refit else 0.0), 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "device": device_name(),
-        "distributed": layout,
+        "distributed": final.layout,
         "precision": precision,
         "seed": config.seed,
         "loss": {
-            "name": loss_name,
-            "pos_weight" if data.multi_label else "class_weights": weights,
+            "name": final.loss_name,
+            "pos_weight" if data.multi_label else "class_weights": final.weights,
             "focal_gamma": config.focal_gamma,
         },
         "data": data.info,
-        "train_token_lengths": train_token_lengths,
+        "train_token_lengths": final.train_token_lengths,
         "warnings": [warning] if warning else [],
         "versions": library_versions(),
     }
+    if refit:
+        results["refit"] = {
+            "epochs": refit.trainer.args.num_train_epochs,
+            "train_rows": len(refit.trainer.train_dataset),
+            "train_seconds": round(refit.seconds, 2),
+            # The selected model on the same test rows, so the refit's effect is on record;
+            # the choice to refit was made before either was tested.
+            "selected_model_test": split_report(chooser, data, "test"),
+        }
     write_json(staging / RESULTS, results)
     write_model_card(staging, results)
     return results
 
 
-def multilabel_evaluation(
-    staging: Path, predictor: Predictor, data: PreparedData
-) -> tuple[dict, dict | None]:
-    """Tune per-label thresholds on validation, save them, report validation and test."""
-    scores = predictor.probabilities(data.validation["text"])
+def split_report(predictor: Predictor, data: PreparedData, split: str) -> dict | None:
+    """The metrics block of one split (None for an empty test split)."""
+    frame = getattr(data, split)
+    if frame.empty:
+        return None
+    if data.multi_label:
+        return multilabel_report(
+            data.label_matrix(split), predictor.predict_label_matrix(frame["text"]),
+            data.labels, predictor.thresholds,
+        )  # fmt: skip
+    return classification_report(
+        data.label_ids(split), predictor.predict_ids(frame["text"]), data.labels
+    )
+
+
+def tuned_thresholds(staging: Path, predictor: Predictor, data: PreparedData) -> list[float]:
+    """Per-label thresholds tuned on validation, saved beside the model."""
     truth = data.label_matrix("validation")
-    predictor.thresholds = tune_thresholds(truth, scores)
+    thresholds = tune_thresholds(truth, predictor.probabilities(data.validation["text"]))
     write_json(
         staging / THRESHOLDS,
         {
             "labels": data.labels,
-            "thresholds": dict(zip(data.labels, predictor.thresholds)),
+            "thresholds": dict(zip(data.labels, thresholds)),
             "tuned_on": "validation",
             "validation_positives": dict(zip(data.labels, truth.sum(axis=0).astype(int).tolist())),
         },
     )
-    log.info("thresholds: %s", {k: round(v, 3) for k, v in zip(data.labels, predictor.thresholds)})
-    validation = multilabel_report(
-        truth, predictor.predict_label_matrix(data.validation["text"]), data.labels,
-        predictor.thresholds,
-    )  # fmt: skip
-    if data.test.empty:
-        return validation, None
-    test = multilabel_report(
-        data.label_matrix("test"),
-        predictor.predict_label_matrix(data.test["text"]),
-        data.labels,
-        predictor.thresholds,
-    )
-    log.info("\n%s", format_multilabel_report(test, "test"))
-    return validation, test
+    log.info("thresholds: %s", {k: round(v, 3) for k, v in zip(data.labels, thresholds)})
+    return thresholds
