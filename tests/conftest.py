@@ -103,28 +103,30 @@ def claudette_slice(tmp_path_factory, claudette_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def multilabel_run(tmp_path_factory, tiny_model_dir: Path, claudette_slice: Path) -> Path:
+def multilabel_train_command(tiny_model_dir: Path, claudette_slice: Path) -> list[str]:
+    """`finlora train` arguments of the tiny multi-label run, all but --output_dir."""
+    return [
+        "-q", "train",
+        "--data", str(claudette_slice),
+        "--model_name", str(tiny_model_dir),
+        "--epochs", "1",
+        "--batch_size", "32",
+        "--learning_rate", "0.005",
+        "--max_length", "40",
+        "--validation_size", "0.34",
+        "--test_size", "0.34",
+        "--class_weights", "sqrt",
+        "--pooling", "mean",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory, multilabel_train_command: list[str]) -> Path:
     """A tiny multi-label LoRA model (8 CLAUDETTE labels, tuned thresholds) with the
     mean-pooling head, so export and serving are tested with it too (the single-label runs
     use [CLS]); do not write into it (copy it first)."""
     from finlora.cli import main
 
     out = tmp_path_factory.mktemp("ml") / "run"
-    code = main(
-        [
-            "-q", "train",
-            "--data", str(claudette_slice),
-            "--model_name", str(tiny_model_dir),
-            "--epochs", "1",
-            "--batch_size", "32",
-            "--learning_rate", "0.005",
-            "--max_length", "40",
-            "--validation_size", "0.34",
-            "--test_size", "0.34",
-            "--class_weights", "sqrt",
-            "--pooling", "mean",
-            "--output_dir", str(out),
-        ]
-    )  # fmt: skip
-    assert code == 0
+    assert main([*multilabel_train_command, "--output_dir", str(out)]) == 0
     return out

@@ -146,24 +146,14 @@ def test_predict_document(run, tmp_path, capsys, claudette_dir):
 
 
 def test_refit_keeps_the_thresholds_tuned_on_the_selected_model(
-    run, tmp_path, tiny_model_dir, claudette_slice
+    run, tmp_path, multilabel_train_command
 ):
     """--refit ships a model trained on training + validation documents with the thresholds
     the selected model earned on validation (the refit model has seen validation); a rerun
     with the same --checkpoint_dir resumes both runs."""
     settings = json.loads((run / "final_results.json").read_text())
     command = [
-        "-q", "train",
-        "--data", str(claudette_slice),
-        "--model_name", str(tiny_model_dir),
-        "--epochs", "1",
-        "--batch_size", "32",
-        "--learning_rate", "0.005",
-        "--max_length", "40",
-        "--validation_size", "0.34",
-        "--test_size", "0.34",
-        "--class_weights", "sqrt",
-        "--pooling", "mean",
+        *multilabel_train_command,
         "--refit",
         "--checkpoint_dir", str(tmp_path / "checkpoints"),
         "--output_dir", str(tmp_path / "refit"),
