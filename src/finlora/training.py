@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from peft.optimizers import create_loraplus_optimizer
@@ -54,6 +55,7 @@ from finlora.distributed import (
 )
 from finlora.errors import FinloraError
 from finlora.evaluation import (
+    apply_thresholds,
     classification_report,
     format_multilabel_report,
     format_report,
@@ -612,10 +614,12 @@ def write_artifacts(
             merge_adapter(selected.trainer.model).to("cpu").float(), tokenizer,
             config.max_length, config.eval_batch_size,
         )  # fmt: skip
-    if data.multi_label:
-        chooser.thresholds = tuned_thresholds(staging, chooser, data)
+    validation_scores = None
+    if data.multi_label:  # scored once: the thresholds and the report both read these
+        validation_scores = chooser.probabilities(data.validation["text"])
+        chooser.thresholds = tuned_thresholds(staging, validation_scores, data)
         predictor.thresholds = chooser.thresholds
-    validation = split_report(chooser, data, "validation")
+    validation = split_report(chooser, data, "validation", validation_scores)
     test = split_report(predictor, data, "test")
     if test:
         log.info("\n%s", (format_multilabel_report if data.multi_label else format_report)(test))
@@ -663,14 +667,19 @@ def write_artifacts(
     return results
 
 
-def split_report(predictor: Predictor, data: PreparedData, split: str) -> dict | None:
-    """The metrics block of one split (None for an empty test split)."""
+def split_report(
+    predictor: Predictor, data: PreparedData, split: str, scores: np.ndarray | None = None
+) -> dict | None:
+    """The metrics block of one split (None for an empty test split); multi-label `scores`
+    already computed for it are reused."""
     frame = getattr(data, split)
     if frame.empty:
         return None
     if data.multi_label:
+        if scores is None:
+            scores = predictor.probabilities(frame["text"])
         return multilabel_report(
-            data.label_matrix(split), predictor.predict_label_matrix(frame["text"]),
+            data.label_matrix(split), apply_thresholds(scores, predictor.thresholds),
             data.labels, predictor.thresholds,
         )  # fmt: skip
     return classification_report(
@@ -678,10 +687,10 @@ def split_report(predictor: Predictor, data: PreparedData, split: str) -> dict |
     )
 
 
-def tuned_thresholds(staging: Path, predictor: Predictor, data: PreparedData) -> list[float]:
-    """Per-label thresholds tuned on validation, saved beside the model."""
+def tuned_thresholds(staging: Path, scores: np.ndarray, data: PreparedData) -> list[float]:
+    """Per-label thresholds tuned on the validation `scores`, saved beside the model."""
     truth = data.label_matrix("validation")
-    thresholds = tune_thresholds(truth, predictor.probabilities(data.validation["text"]))
+    thresholds = tune_thresholds(truth, scores)
     write_json(
         staging / THRESHOLDS,
         {
