@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -241,14 +243,28 @@ def test_a_model_predicting_one_class_everywhere_gets_a_warning_naming_the_fix()
 
 
 def test_refit_trains_the_selected_epoch_count_on_training_and_validation_rows(
-    lora_run, tmp_path, tiny_model_dir, phrasebank_slice
+    lora_run, tmp_path, tiny_model_dir, phrasebank_slice, monkeypatch
 ):
     """The selection is the same run as without --refit; the model shipped is a new one
-    trained on more rows, and the results test that one."""
+    trained on more rows, and the results test that one. The selected model is freed
+    before the refit trains, so a GPU holds one model (and optimizer state) at a time."""
+    import finlora.training
     from finlora.predictor import Predictor
 
+    weights_of_earlier_runs, alive_when_the_refit_starts = [], []
+    real_fit = finlora.training.fit
+
+    def watched_fit(*args, **kwargs):
+        gc.collect()
+        alive_when_the_refit_starts.extend(w() is not None for w in weights_of_earlier_runs)
+        done = real_fit(*args, **kwargs)
+        weights_of_earlier_runs.append(weakref.ref(next(done.model.parameters())))
+        return done
+
+    monkeypatch.setattr(finlora.training, "fit", watched_fit)
     plain = results_of(lora_run)
     out = train_cli(tmp_path, tiny_model_dir, phrasebank_slice, "refit", "--refit")
+    assert alive_when_the_refit_starts == [False]
     results = results_of(out)
     assert results["history"] == plain["history"] and results["best_epoch"] == plain["best_epoch"]
     assert results["validation"] == plain["validation"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -75,6 +76,7 @@ from finlora.modeling import (
     load_tokenizer,
     log_parameter_report,
     merge_adapter,
+    to_cpu_fp32,
 )
 from finlora.predictor import Predictor
 
@@ -410,9 +412,16 @@ def checkpoint_space(checkpoint_dir: str | Path | None) -> Iterator[Path]:
 
 @dataclass
 class Fit:
-    """One Trainer run and the facts about it that the results report."""
+    """One Trainer run: the model it kept and the facts about it that the results report.
 
-    trainer: WeightedLossTrainer
+    It holds no Trainer, so the optimizer state and the training data go once a run ends.
+    """
+
+    model: nn.Module | None
+    args: TrainingArguments
+    train_rows: int
+    history: list[dict]
+    best_epoch: float | None
     params: dict
     loss_name: str
     weights: list[float] | None
@@ -510,7 +519,47 @@ def fit(
     )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return Fit(trainer, params, loss_name, weights, layout, lengths, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Fit(
+        model=trainer.model,
+        args=trainer.args,
+        train_rows=len(train_set),
+        history=epoch_history(trainer.state.log_history),
+        best_epoch=best_epoch(trainer) if select else None,
+        params=params,
+        loss_name=loss_name,
+        weights=weights,
+        layout=layout,
+        train_token_lengths=lengths,
+        seconds=seconds,
+    )
+
+
+@dataclass
+class Selection:
+    """What the selected model scored on validation, and the thresholds tuned there.
+
+    Before a refit frees that model, its test report is kept too, so the refit's effect is
+    on record.
+    """
+
+    thresholds: list[float] | None
+    validation: dict | None
+    test: dict | None = None
+
+
+def assess_selected(predictor: Predictor, data: PreparedData, *, test: bool) -> Selection:
+    """Tune the multi-label thresholds on validation (setting them on `predictor`) and
+    report validation, and test if asked."""
+    validation_scores = None
+    if data.multi_label:  # scored once: the thresholds and the report both read these
+        validation_scores = predictor.probabilities(data.validation["text"])
+        predictor.thresholds = tune_thresholds(data.label_matrix("validation"), validation_scores)
+    return Selection(
+        predictor.thresholds if data.multi_label else None,
+        split_report(predictor, data, "validation", validation_scores),
+        split_report(predictor, data, "test") if test else None,
+    )
 
 
 def best_epoch(trainer: Trainer) -> float | None:
@@ -558,9 +607,20 @@ def train(
             config, data, tokenizer, precision, checkpoints,
             resumable=resumable, callbacks=callbacks,
         )  # fmt: skip
-        refit = None
+        refit = selection = None
         if config.refit:
-            epochs = best_epoch(selected.trainer) or config.epochs
+            if main_process:
+                selection = assess_selected(
+                    Predictor(
+                        to_cpu_fp32(merge_adapter(selected.model)), tokenizer,
+                        config.max_length, config.eval_batch_size,
+                    ),
+                    data, test=True,
+                )  # fmt: skip
+            # Only one model in memory at a time: the selected one has given all it is kept for.
+            selected = replace(selected, model=None)
+            gc.collect()
+            epochs = selected.best_epoch or config.epochs
             log.info(
                 "refit: training a new model for %g epochs (the selected epoch) on the "
                 "training and validation rows",
@@ -576,7 +636,9 @@ def train(
         # The staging dir exists only while writing, so a rank killed during training
         # leaves nothing behind next to the output dir.
         with atomic_output_dir(output_dir) as staging:
-            results = write_artifacts(staging, tokenizer, config, data, precision, selected, refit)
+            results = write_artifacts(
+                staging, tokenizer, config, data, precision, selected, refit, selection
+            )
     log.info("artifacts written to %s", output_dir)
     return results
 
@@ -589,41 +651,35 @@ def write_artifacts(
     precision: str,
     selected: Fit,
     refit: Fit | None = None,
+    selection: Selection | None = None,
 ) -> dict:
     """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report.
 
-    The model saved is the refit one when there is one; validation figures (and the
-    thresholds) are always the selected model's, as the refit one has trained on validation.
+    The model saved is the refit one when there is one, and `selection` then holds the
+    selected model's figures; validation figures (and the thresholds) are always the
+    selected model's, as the refit one has trained on validation.
     """
     final = refit or selected
-    model = final.trainer.model
     if config.use_lora:
         # In a subfolder: transformers applies an adapter_config.json it finds next to
         # config.json on top of the (already merged) weights, which would apply LoRA twice.
-        model.save_pretrained(staging / ADAPTER_DIR)
-    merged = merge_adapter(model).to("cpu").float()
+        final.model.save_pretrained(staging / ADAPTER_DIR)
+    merged = to_cpu_fp32(merge_adapter(final.model))
     merged.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    write_json(staging / TRAINING_ARGS, final.trainer.args.to_dict())
+    write_json(staging / TRAINING_ARGS, final.args.to_dict())
     save_config(config, staging / RESOLVED_CONFIG)
 
     predictor = Predictor(merged, tokenizer, config.max_length, config.eval_batch_size)
-    chooser = predictor
-    if refit:
-        chooser = Predictor(
-            merge_adapter(selected.trainer.model).to("cpu").float(), tokenizer,
-            config.max_length, config.eval_batch_size,
-        )  # fmt: skip
-    validation_scores = None
-    if data.multi_label:  # scored once: the thresholds and the report both read these
-        validation_scores = chooser.probabilities(data.validation["text"])
-        chooser.thresholds = tuned_thresholds(staging, validation_scores, data)
-        predictor.thresholds = chooser.thresholds
-    validation = split_report(chooser, data, "validation", validation_scores)
+    if selection is None:  # the model shipped is the selected one
+        selection = assess_selected(predictor, data, test=False)
+    if data.multi_label:
+        predictor.thresholds = selection.thresholds
+        write_thresholds(staging, selection.thresholds, data)
     test = split_report(predictor, data, "test")
     if test:
         log.info("\n%s", (format_multilabel_report if data.multi_label else format_report)(test))
-    warning = None if data.multi_label else single_class_warning(validation, config)
+    warning = None if data.multi_label else single_class_warning(selection.validation, config)
     if warning:
         log.warning(warning)
     results = {
@@ -633,9 +689,9 @@ def write_artifacts(
         "strategy": "lora" if config.use_lora else "full",
         "pooling": config.pooling,
         "test": test,
-        "validation": validation,
-        "best_epoch": best_epoch(selected.trainer),
-        "history": epoch_history(selected.trainer.state.log_history),
+        "validation": selection.validation,
+        "best_epoch": selected.best_epoch,
+        "history": selected.history,
         **final.params,
         "train_seconds": round(selected.seconds + (refit.seconds if refit else 0.0), 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
@@ -655,12 +711,11 @@ def write_artifacts(
     }
     if refit:
         results["refit"] = {
-            "epochs": refit.trainer.args.num_train_epochs,
-            "train_rows": len(refit.trainer.train_dataset),
+            "epochs": refit.args.num_train_epochs,
+            "train_rows": refit.train_rows,
             "train_seconds": round(refit.seconds, 2),
-            # The selected model on the same test rows, so the refit's effect is on record;
-            # the choice to refit was made before either was tested.
-            "selected_model_test": split_report(chooser, data, "test"),
+            # The choice to refit was made before either model was tested.
+            "selected_model_test": selection.test,
         }
     write_json(staging / RESULTS, results)
     write_model_card(staging, results)
@@ -687,18 +742,17 @@ def split_report(
     )
 
 
-def tuned_thresholds(staging: Path, scores: np.ndarray, data: PreparedData) -> list[float]:
-    """Per-label thresholds tuned on the validation `scores`, saved beside the model."""
-    truth = data.label_matrix("validation")
-    thresholds = tune_thresholds(truth, scores)
+def write_thresholds(staging: Path, thresholds: list[float], data: PreparedData) -> None:
+    """The per-label thresholds beside the model, with the validation rows they came from."""
     write_json(
         staging / THRESHOLDS,
         {
             "labels": data.labels,
             "thresholds": dict(zip(data.labels, thresholds)),
             "tuned_on": "validation",
-            "validation_positives": dict(zip(data.labels, truth.sum(axis=0).astype(int).tolist())),
+            "validation_positives": dict(
+                zip(data.labels, data.label_matrix("validation").sum(axis=0).astype(int).tolist())
+            ),
         },
     )
     log.info("thresholds: %s", {k: round(v, 3) for k, v in zip(data.labels, thresholds)})
-    return thresholds
