@@ -520,12 +520,13 @@ def fit(
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
+    history = epoch_history(trainer.state.log_history)
     return Fit(
         model=trainer.model,
         args=trainer.args,
         train_rows=len(train_set),
-        history=epoch_history(trainer.state.log_history),
-        best_epoch=best_epoch(trainer) if select else None,
+        history=history,
+        best_epoch=best_epoch(history, trainer.state.best_metric) if select else None,
         params=params,
         loss_name=loss_name,
         weights=weights,
@@ -562,10 +563,16 @@ def assess_selected(predictor: Predictor, data: PreparedData, *, test: bool) -> 
     )
 
 
-def best_epoch(trainer: Trainer) -> float | None:
-    """The epoch whose validation macro-F1 was kept."""
-    history = epoch_history(trainer.state.log_history)
-    return next((r["epoch"] for r in history if r["macro_f1"] == trainer.state.best_metric), None)
+def best_epoch(history: list[dict], best_metric: float | None) -> float | None:
+    """The epoch whose validation macro-F1 (the Trainer's `best_metric`) was kept."""
+    return next((r["epoch"] for r in history if r["macro_f1"] == best_metric), None)
+
+
+def cpu_predictor(model: nn.Module, tokenizer, config: TrainConfig) -> Predictor:
+    """The trained model, adapter merged, in fp32 on the CPU: what is saved and evaluated."""
+    return Predictor(
+        to_cpu_fp32(merge_adapter(model)), tokenizer, config.max_length, config.eval_batch_size
+    )
 
 
 def refit_data(data: PreparedData) -> PreparedData:
@@ -611,12 +618,8 @@ def train(
         if config.refit:
             if main_process:
                 selection = assess_selected(
-                    Predictor(
-                        to_cpu_fp32(merge_adapter(selected.model)), tokenizer,
-                        config.max_length, config.eval_batch_size,
-                    ),
-                    data, test=True,
-                )  # fmt: skip
+                    cpu_predictor(selected.model, tokenizer, config), data, test=True
+                )
             # Only one model in memory at a time: the selected one has given all it is kept for.
             selected = replace(selected, model=None)
             gc.collect()
@@ -664,13 +667,12 @@ def write_artifacts(
         # In a subfolder: transformers applies an adapter_config.json it finds next to
         # config.json on top of the (already merged) weights, which would apply LoRA twice.
         final.model.save_pretrained(staging / ADAPTER_DIR)
-    merged = to_cpu_fp32(merge_adapter(final.model))
-    merged.save_pretrained(staging)
+    predictor = cpu_predictor(final.model, tokenizer, config)
+    predictor.model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     write_json(staging / TRAINING_ARGS, final.args.to_dict())
     save_config(config, staging / RESOLVED_CONFIG)
 
-    predictor = Predictor(merged, tokenizer, config.max_length, config.eval_batch_size)
     if selection is None:  # the model shipped is the selected one
         selection = assess_selected(predictor, data, test=False)
     if data.multi_label:
