@@ -105,3 +105,31 @@ def test_half_written_checkpoints_are_removed_and_other_runs_refused(tiny_model_
     )
     with pytest.raises(FinloraError, match="different run"):
         resume_point(folder, other)
+
+
+def test_sigterm_leaves_no_temporary_files_and_no_output(
+    tiny_model_dir, phrasebank_slice, tmp_path
+):
+    """A scheduler's SIGTERM mid-run: exit 143 with one line, temp dirs removed, no output."""
+    scratch = tmp_path / "tmp"  # the run's TMPDIR, where its temporary checkpoints go
+    scratch.mkdir()
+    out = tmp_path / "parent" / "out"
+    command = train_command(phrasebank_slice, tiny_model_dir, str(out), None)
+    log = tmp_path / "train.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            command, env={**os.environ, "TMPDIR": str(scratch)}, stderr=stderr
+        )
+        deadline = time.monotonic() + 600
+        while not list(scratch.rglob("checkpoint-*")):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+    text = log.read_text()  # progress bars may follow the line; a traceback may not
+    assert "finlora: terminated (SIGTERM); no half-written output was left" in text
+    assert "Traceback" not in text
+    assert list(scratch.glob("finlora-*")) == []
+    assert not out.exists()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from dataclasses import MISSING, fields
@@ -17,7 +18,7 @@ from pathlib import Path
 from finlora import __version__
 from finlora.artifacts import BACKENDS, PRECISIONS
 from finlora.config import TrainConfig, field_types, parse_bool, resolve_config
-from finlora.errors import FinloraError
+from finlora.errors import FinloraError, Terminated, sigterm_raises_terminated
 
 log = logging.getLogger("finlora")
 
@@ -516,14 +517,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         setup_logging(args.quiet)
-        return args.handler(args)
+        if args.handler is cmd_serve:  # uvicorn handles SIGTERM itself: a graceful shutdown
+            return args.handler(args)
+        with sigterm_raises_terminated():
+            return args.handler(args)
     except FinloraError as exc:
         report_failure(str(exc))
         print(f"finlora: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("finlora: interrupted; no output was written", file=sys.stderr)
+        print("finlora: interrupted; no half-written output was left", file=sys.stderr)
         return 130
+    except Terminated:
+        report_failure("terminated by SIGTERM")
+        print("finlora: terminated (SIGTERM); no half-written output was left", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as exc:
         report_failure(f"{type(exc).__name__}: {exc}")
         raise

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from finlora.config import (
     load_recipe,
 )
 from finlora.data import PreparedData, prepare_data, prepare_folds
-from finlora.errors import FinloraError
+from finlora.errors import FinloraError, Terminated, sigterm_raises_terminated
 
 log = logging.getLogger(__name__)
 
@@ -152,19 +153,22 @@ def _run_in_child(
     for noisy in ("transformers", "peft", "accelerate", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        if read_results(unit.directory) is None:
-            if unit.strategy == "baseline":
-                from finlora.baseline import train_baseline
+        with sigterm_raises_terminated():
+            if read_results(unit.directory) is None:
+                if unit.strategy == "baseline":
+                    from finlora.baseline import train_baseline
 
-                train_baseline(data, unit.directory, seed=unit.seed)
-            else:
-                from finlora.training import train
+                    train_baseline(data, unit.directory, seed=unit.seed)
+                else:
+                    from finlora.training import train
 
-                train(strategy_config(settings, unit.strategy, unit), data=data)
-        measure_throughput(unit, data)
+                    train(strategy_config(settings, unit.strategy, unit), data=data)
+            measure_throughput(unit, data)
     except FinloraError as exc:
         print(f"finlora: error in {unit.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 def measure_throughput(unit: RunUnit, data: PreparedData, warmup: int = 16) -> dict:
@@ -203,7 +207,12 @@ def run_unit(settings: CompareConfig, unit: RunUnit, data: PreparedData) -> None
         name=f"finlora-{unit.name}",
     )
     process.start()
-    process.join()
+    try:
+        process.join()
+    except Terminated:  # a SIGTERM goes to this process only: stop the run too, then go
+        process.terminate()
+        process.join()
+        raise
     if process.exitcode != 0:
         raise FinloraError(
             f"run {unit.name} failed (exit code {process.exitcode}); see the log above. "

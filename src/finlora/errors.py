@@ -1,4 +1,11 @@
-"""The one exception type for problems a user can cause and fix."""
+"""The exception types the CLI turns into one line: a user-fixable problem, and a SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 
 
 class FinloraError(Exception):
@@ -7,3 +14,29 @@ class FinloraError(Exception):
     The message is a single line that names the problem and the fix; the CLI prints it
     and exits with code 2 instead of showing a traceback.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler, a spot notice, `kill`) raised as an exception, like Ctrl-C's
+    KeyboardInterrupt, so that temporary directories and staging output are removed on the way
+    out instead of being left behind by a process that simply dies."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_raises_terminated() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated`; the previous handler comes back after.
+
+    Signal handlers can only be set from the main thread; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
