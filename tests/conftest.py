@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets"
 os.environ.setdefault("FINLORA_DATA_DIR", str(DEFAULT_DATA_DIR))
 DATA_DIR = Path(os.environ["FINLORA_DATA_DIR"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_dir(tmp_path_factory) -> Path:
+    """Temp files of the code under test and of the processes the tests start (and kill on
+    purpose) go under pytest's base temp, which pytest prunes, not into /tmp for good."""
+    path = tmp_path_factory.getbasetemp() / "tmp"
+    path.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(path))
+        patch.setattr(tempfile, "tempdir", None)  # recomputed from TMPDIR on next use
+        yield path
 
 
 def require_data(relative: str) -> Path:
