@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import sigterm_once_training
 from servers import FAKE_AWS, moto
 
 from finlora.cli import main
@@ -116,17 +117,7 @@ def test_sigterm_leaves_no_temporary_files_and_no_output(
     out = tmp_path / "parent" / "out"
     command = train_command(phrasebank_slice, tiny_model_dir, str(out), None)
     log = tmp_path / "train.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            command, env={**os.environ, "TMPDIR": str(scratch)}, stderr=stderr
-        )
-        deadline = time.monotonic() + 600
-        while not list(scratch.rglob("checkpoint-*")):
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+    assert sigterm_once_training(command, scratch, log) == 143, log.read_text()[-3000:]
     text = log.read_text()  # progress bars may follow the line; a traceback may not
     assert "finlora: terminated (SIGTERM); no half-written output was left" in text
     assert "Traceback" not in text

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import processes_with, sigterm_once_training
 
 from finlora.artifacts import read_json
 from finlora.baseline import BaselineModel, train_baseline
@@ -364,18 +360,6 @@ def test_profile(tmp_path, phrasebank_slice):
         ProfileConfig(data="x.csv", dataset="phrasebank_allagree")
 
 
-def processes_with(environment_entry: bytes) -> list[int]:
-    """Live processes whose environment holds this exact entry (e.g. a test's TMPDIR)."""
-    pids = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if environment_entry in environ.read_bytes().split(b"\0"):
-                pids.append(int(environ.parent.name))
-        except OSError:  # gone meanwhile, or not ours
-            continue
-    return pids
-
-
 def test_sigterm_stops_the_running_child_too(tmp_path, tiny_model_dir, phrasebank_slice):
     """A scheduler's SIGTERM reaches compare's own process only; the run's child must stop too,
     and both must remove their temporary files."""
@@ -386,17 +370,7 @@ def test_sigterm_stops_the_running_child_too(tmp_path, tiny_model_dir, phraseban
                "--train_overrides", "epochs=200,batch_size=32,max_length=32,bf16=false",
                "--output_dir", str(tmp_path / "cmp")]  # fmt: skip
     log = tmp_path / "compare.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            command, env={**os.environ, "TMPDIR": str(scratch)}, stderr=stderr
-        )
-        deadline = time.monotonic() + 600
-        while not list(scratch.rglob("checkpoint-*")):  # the child is training
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+    assert sigterm_once_training(command, scratch, log) == 143, log.read_text()[-3000:]
     assert "finlora: terminated (SIGTERM)" in log.read_text()
     assert processes_with(f"TMPDIR={scratch}".encode()) == []
     assert list(scratch.glob("finlora-*")) == []

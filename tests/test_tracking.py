@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -27,14 +26,6 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield tmp_path
     mlflow.set_tracking_uri(None)
-
-
-def download_dir(root: Path) -> str:
-    """Where `load_model` puts its copy of the model: without one, MLflow downloads it into a
-    temp dir that nobody deletes."""
-    path = root / "downloaded"
-    path.mkdir()
-    return str(path)
 
 
 def train_tracked(data, model, output, *extra: str) -> dict:
@@ -84,7 +75,7 @@ def test_run_is_logged_to_a_local_sqlite_store(in_tmp, tiny_model_dir, phraseban
     versions = client.search_model_versions("name='finlora-pb'")
     assert [str(v.version) for v in versions] == ["1"]
 
-    model = mlflow.pyfunc.load_model("models:/finlora-pb/1", dst_path=download_dir(in_tmp))
+    model = mlflow.pyfunc.load_model("models:/finlora-pb/1")
     from_list = model.predict(TEXTS)
     from_frame = model.predict(pd.DataFrame({"text": TEXTS}))
     assert list(from_list) == list(from_frame)
@@ -123,8 +114,6 @@ def test_run_is_logged_to_an_mlflow_server(in_tmp, tiny_model_dir, phrasebank_sl
         assert run.info.run_name == "on-server" and run.info.status == "FINISHED"
         assert "test_accuracy" in run.data.metrics and "train_loss" in run.data.metrics
         assert "final_results.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
-        model = mlflow.pyfunc.load_model(
-            f"runs:/{run.info.run_id}/model", dst_path=download_dir(in_tmp)
-        )
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
         assert len(model.predict(TEXTS)) == 2
     assert not (in_tmp / "mlruns.db").exists()  # nothing went to the default local store

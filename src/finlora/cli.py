@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 from dataclasses import MISSING, fields
@@ -18,7 +17,12 @@ from pathlib import Path
 from finlora import __version__
 from finlora.artifacts import BACKENDS, PRECISIONS
 from finlora.config import TrainConfig, field_types, parse_bool, resolve_config
-from finlora.errors import FinloraError, Terminated, sigterm_raises_terminated
+from finlora.errors import (
+    TERMINATED_EXIT_CODE,
+    FinloraError,
+    Terminated,
+    sigterm_raises_terminated,
+)
 
 log = logging.getLogger("finlora")
 
@@ -531,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         report_failure("terminated by SIGTERM")
         print("finlora: terminated (SIGTERM); no half-written output was left", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return TERMINATED_EXIT_CODE
     except Exception as exc:
         report_failure(f"{type(exc).__name__}: {exc}")
         raise

@@ -19,7 +19,6 @@ import logging
 import multiprocessing
 import os
 import platform
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +36,12 @@ from finlora.config import (
     load_recipe,
 )
 from finlora.data import PreparedData, prepare_data, prepare_folds
-from finlora.errors import FinloraError, Terminated, sigterm_raises_terminated
+from finlora.errors import (
+    TERMINATED_EXIT_CODE,
+    FinloraError,
+    Terminated,
+    sigterm_raises_terminated,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +172,7 @@ def _run_in_child(
         print(f"finlora: error in {unit.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except Terminated:
-        raise SystemExit(128 + signal.SIGTERM) from None
+        raise SystemExit(TERMINATED_EXIT_CODE) from None
 
 
 def measure_throughput(unit: RunUnit, data: PreparedData, warmup: int = 16) -> dict:

@@ -22,6 +22,10 @@ class Terminated(BaseException):
     out instead of being left behind by a process that simply dies."""
 
 
+# What a shell reports for a process killed by SIGTERM, kept when finlora exits on one itself.
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+
+
 def _raise_terminated(signum, frame) -> None:
     raise Terminated
 

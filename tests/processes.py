@@ -1,0 +1,46 @@
+"""Real `finlora` processes stopped the way a scheduler stops them, and what they leave behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def sigterm_once_training(command: list[str], scratch: Path, log: Path) -> int:
+    """Run `command` with TMPDIR=`scratch`, SIGTERM it once a checkpoint exists (it is
+    training), and return its exit code; stderr goes to `log`."""
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            command, env={**os.environ, "TMPDIR": str(scratch)}, stderr=stderr
+        )
+        deadline = time.monotonic() + 600
+        while not list(scratch.rglob("checkpoint-*")):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=120)
+
+
+def processes_with(environment_entry: bytes, grace: float = 30.0) -> list[int]:
+    """Processes whose environment holds this exact entry (e.g. a test's TMPDIR) and that are
+    still alive after up to `grace` seconds: multiprocessing's resource tracker outlives its
+    parent by a moment, a child left training does not."""
+    deadline = time.monotonic() + grace
+    while (pids := _live_with(environment_entry)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
+
+
+def _live_with(environment_entry: bytes) -> list[int]:
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if environment_entry in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return pids
