@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 
-def sigterm_once_training(command: list[str], scratch: Path, log: Path) -> int:
-    """Run `command` with TMPDIR=`scratch`, SIGTERM it once a checkpoint exists (it is
+def stop_once_training(
+    command: list[str], scratch: Path, log: Path, signum: int = signal.SIGTERM
+) -> int:
+    """Run `command` with TMPDIR=`scratch`, send it `signum` once a checkpoint exists (it is
     training), and return its exit code; stderr goes to `log`."""
     with log.open("w") as stderr:
         process = subprocess.Popen(
@@ -21,7 +23,7 @@ def sigterm_once_training(command: list[str], scratch: Path, log: Path) -> int:
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         return process.wait(timeout=120)
 
 

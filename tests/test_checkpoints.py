@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import sigterm_once_training
+from processes import stop_once_training
 from servers import FAKE_AWS, moto
 
 from finlora.cli import main
@@ -117,7 +117,7 @@ def test_sigterm_leaves_no_temporary_files_and_no_output(
     out = tmp_path / "parent" / "out"
     command = train_command(phrasebank_slice, tiny_model_dir, str(out), None)
     log = tmp_path / "train.log"
-    assert sigterm_once_training(command, scratch, log) == 143, log.read_text()[-3000:]
+    assert stop_once_training(command, scratch, log) == 143, log.read_text()[-3000:]
     text = log.read_text()  # progress bars may follow the line; a traceback may not
     assert "finlora: terminated (SIGTERM); no half-written output was left" in text
     assert "Traceback" not in text

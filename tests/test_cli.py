@@ -65,3 +65,39 @@ def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, 
     assert last.startswith("finlora: error: cannot load model 'ProsusAI/finbert'")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+HALF_BUILT_WHEN_STOPPED = """
+import os, signal, sys, time
+import finlora.cli as cli
+
+class ProgressBar:  # like tqdm: __del__ assumes __init__ got to the end
+    def __init__(self):
+        os.kill(os.getpid(), signal.{signal})
+        time.sleep(10)
+        self.position = 0
+
+    def __del__(self):
+        abs(self.position)
+
+def train(args):
+    ProgressBar()
+
+cli.cmd_train = train
+sys.exit(cli.main(["train"]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "code", "line"),
+    [
+        ("SIGTERM", 143, "finlora: terminated (SIGTERM); no half-written output was left"),
+        ("SIGINT", 130, "finlora: interrupted; no half-written output was left"),
+    ],
+)
+def test_a_stop_inside_a_constructor_still_ends_with_one_line(signal_name, code, line):
+    """The object a stop leaves half-built fails in __del__ later; Python would print that as
+    'Exception ignored ... Traceback' after finlora's own line (seen with tqdm's bars)."""
+    script = HALF_BUILT_WHEN_STOPPED.replace("{signal}", signal_name)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr.strip()) == (code, line)

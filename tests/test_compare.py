@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 
 import numpy as np
 import pytest
-from processes import processes_with, sigterm_once_training
+from processes import processes_with, stop_once_training
 
 from finlora.artifacts import read_json
 from finlora.baseline import BaselineModel, train_baseline
@@ -360,9 +361,18 @@ def test_profile(tmp_path, phrasebank_slice):
         ProfileConfig(data="x.csv", dataset="phrasebank_allagree")
 
 
-def test_sigterm_stops_the_running_child_too(tmp_path, tiny_model_dir, phrasebank_slice):
-    """A scheduler's SIGTERM reaches compare's own process only; the run's child must stop too,
-    and both must remove their temporary files."""
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        (signal.SIGTERM, 143, "finlora: terminated (SIGTERM); no half-written output was left"),
+        (signal.SIGINT, 130, "finlora: interrupted; no half-written output was left"),
+    ],
+)
+def test_a_stop_ends_the_running_child_too(signum, code, line, tmp_path, tiny_model_dir,
+                                           phrasebank_slice):  # fmt: skip
+    """A scheduler's SIGTERM, or a `kill -INT`, reaches compare's own process only; the run's
+    child must stop too, both must remove their temporary files, and the log must end with
+    compare's one line rather than the child's traceback."""
     scratch = tmp_path / "tmp"  # TMPDIR of compare and its children
     scratch.mkdir()
     command = [sys.executable, "-m", "finlora", "compare", "--data", str(phrasebank_slice),
@@ -370,7 +380,8 @@ def test_sigterm_stops_the_running_child_too(tmp_path, tiny_model_dir, phraseban
                "--train_overrides", "epochs=200,batch_size=32,max_length=32,bf16=false",
                "--output_dir", str(tmp_path / "cmp")]  # fmt: skip
     log = tmp_path / "compare.log"
-    assert sigterm_once_training(command, scratch, log) == 143, log.read_text()[-3000:]
-    assert "finlora: terminated (SIGTERM)" in log.read_text()
+    assert stop_once_training(command, scratch, log, signum) == code, log.read_text()[-3000:]
+    assert line in log.read_text() and "Traceback" not in log.read_text()
     assert processes_with(f"TMPDIR={scratch}".encode()) == []
     assert list(scratch.glob("finlora-*")) == []
+    assert list((tmp_path / "cmp").rglob("final_results.json")) == []  # not trained to the end

@@ -18,9 +18,11 @@ from finlora import __version__
 from finlora.artifacts import BACKENDS, PRECISIONS
 from finlora.config import TrainConfig, field_types, parse_bool, resolve_config
 from finlora.errors import (
+    INTERRUPTED_EXIT_CODE,
     TERMINATED_EXIT_CODE,
     FinloraError,
     Terminated,
+    drop_unraisable_exceptions,
     sigterm_raises_terminated,
 )
 
@@ -530,9 +532,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finlora: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        drop_unraisable_exceptions()
         print("finlora: interrupted; no half-written output was left", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT_CODE
     except Terminated:
+        drop_unraisable_exceptions()
         report_failure("terminated by SIGTERM")
         print("finlora: terminated (SIGTERM); no half-written output was left", file=sys.stderr)
         return TERMINATED_EXIT_CODE

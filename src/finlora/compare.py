@@ -37,15 +37,19 @@ from finlora.config import (
 )
 from finlora.data import PreparedData, prepare_data, prepare_folds
 from finlora.errors import (
+    INTERRUPTED_EXIT_CODE,
     TERMINATED_EXIT_CODE,
     FinloraError,
     Terminated,
+    drop_unraisable_exceptions,
     sigterm_raises_terminated,
 )
 
 log = logging.getLogger(__name__)
 
 TRANSFORMER_STRATEGIES = ("full", "lora")
+# How long a stopped compare lets its running child finish the stop it got too, before ending it.
+CHILD_STOP_GRACE_SECONDS = 5.0
 # Cheapest first, so an interrupted compare has as many strategies finished as possible.
 EXECUTION_ORDER = ("baseline", "lora", "full")
 INFERENCE = "inference.json"
@@ -171,8 +175,10 @@ def _run_in_child(
     except FinloraError as exc:
         print(f"finlora: error in {unit.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Terminated:
-        raise SystemExit(TERMINATED_EXIT_CODE) from None
+    except (Terminated, KeyboardInterrupt) as stop:
+        drop_unraisable_exceptions()
+        interrupted = isinstance(stop, KeyboardInterrupt)
+        raise SystemExit(INTERRUPTED_EXIT_CODE if interrupted else TERMINATED_EXIT_CODE) from None
 
 
 def measure_throughput(unit: RunUnit, data: PreparedData, warmup: int = 16) -> dict:
@@ -213,7 +219,10 @@ def run_unit(settings: CompareConfig, unit: RunUnit, data: PreparedData) -> None
     process.start()
     try:
         process.join()
-    except Terminated:  # a SIGTERM goes to this process only: stop the run too, then go
+    except (Terminated, KeyboardInterrupt):
+        # Ctrl-C in a terminal reaches the child as well, and it is already cleaning up; a
+        # SIGTERM or `kill -INT` reaches this process only. Either way the run stops, then we go.
+        process.join(timeout=CHILD_STOP_GRACE_SECONDS)
         process.terminate()
         process.join()
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -22,8 +23,10 @@ class Terminated(BaseException):
     out instead of being left behind by a process that simply dies."""
 
 
-# What a shell reports for a process killed by SIGTERM, kept when finlora exits on one itself.
+# What a shell reports for a process killed by SIGTERM or SIGINT (Ctrl-C), kept when finlora
+# exits on one itself.
 TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -44,3 +47,15 @@ def sigterm_raises_terminated() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def drop_unraisable_exceptions() -> None:
+    """For a process ending on a stop (Ctrl-C, SIGTERM): a stop can land inside a constructor
+    (a tqdm bar's, say), and the half-built object's __del__ then fails as it is freed, which
+    Python prints as 'Exception ignored ... Traceback' after finlora's one line. Nothing in it
+    is the user's to act on, so such reports are dropped from here on."""
+    sys.unraisablehook = _drop
+
+
+def _drop(unraisable: object) -> None:
+    return None
