@@ -10,20 +10,31 @@ from pathlib import Path
 
 
 def stop_once_training(
-    command: list[str], scratch: Path, log: Path, signum: int = signal.SIGTERM
+    command: list[str],
+    scratch: Path,
+    log: Path,
+    signum: int = signal.SIGTERM,
+    whole_group: bool = False,
 ) -> int:
     """Run `command` with TMPDIR=`scratch`, send it `signum` once a checkpoint exists (it is
-    training), and return its exit code; stderr goes to `log`."""
+    training), and return its exit code; stderr goes to `log`. `whole_group` sends the signal
+    to every process of the command's group, as Ctrl-C in a terminal does."""
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            command, env={**os.environ, "TMPDIR": str(scratch)}, stderr=stderr
+            command,
+            env={**os.environ, "TMPDIR": str(scratch)},
+            stderr=stderr,
+            start_new_session=whole_group,
         )
         deadline = time.monotonic() + 600
         while not list(scratch.rglob("checkpoint-*")):
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        process.send_signal(signum)
+        if whole_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
         return process.wait(timeout=120)
 
 

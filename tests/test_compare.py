@@ -361,18 +361,23 @@ def test_profile(tmp_path, phrasebank_slice):
         ProfileConfig(data="x.csv", dataset="phrasebank_allagree")
 
 
+TERMINATED = "finlora: terminated (SIGTERM); no half-written output was left"
+INTERRUPTED = "finlora: interrupted; no half-written output was left"
+
+
 @pytest.mark.parametrize(
-    ("signum", "code", "line"),
+    ("signum", "whole_group", "code", "line"),
     [
-        (signal.SIGTERM, 143, "finlora: terminated (SIGTERM); no half-written output was left"),
-        (signal.SIGINT, 130, "finlora: interrupted; no half-written output was left"),
+        (signal.SIGTERM, False, 143, TERMINATED),  # a scheduler
+        (signal.SIGINT, False, 130, INTERRUPTED),  # kill -INT
+        (signal.SIGINT, True, 130, INTERRUPTED),  # Ctrl-C in a terminal
     ],
 )
-def test_a_stop_ends_the_running_child_too(signum, code, line, tmp_path, tiny_model_dir,
-                                           phrasebank_slice):  # fmt: skip
-    """A scheduler's SIGTERM, or a `kill -INT`, reaches compare's own process only; the run's
-    child must stop too, both must remove their temporary files, and the log must end with
-    compare's one line rather than the child's traceback."""
+def test_a_stop_ends_the_running_child_too(signum, whole_group, code, line, tmp_path,
+                                           tiny_model_dir, phrasebank_slice):  # fmt: skip
+    """Whether the stop reaches compare's own process only or its child as well, the child must
+    stop, both must remove their temporary files, and the log must end with compare's one line
+    rather than the child's traceback."""
     scratch = tmp_path / "tmp"  # TMPDIR of compare and its children
     scratch.mkdir()
     command = [sys.executable, "-m", "finlora", "compare", "--data", str(phrasebank_slice),
@@ -380,7 +385,8 @@ def test_a_stop_ends_the_running_child_too(signum, code, line, tmp_path, tiny_mo
                "--train_overrides", "epochs=200,batch_size=32,max_length=32,bf16=false",
                "--output_dir", str(tmp_path / "cmp")]  # fmt: skip
     log = tmp_path / "compare.log"
-    assert stop_once_training(command, scratch, log, signum) == code, log.read_text()[-3000:]
+    exit_code = stop_once_training(command, scratch, log, signum, whole_group)
+    assert exit_code == code, log.read_text()[-3000:]
     assert line in log.read_text() and "Traceback" not in log.read_text()
     assert processes_with(f"TMPDIR={scratch}".encode()) == []
     assert list(scratch.glob("finlora-*")) == []

@@ -22,7 +22,7 @@ from finlora.errors import (
     TERMINATED_EXIT_CODE,
     FinloraError,
     Terminated,
-    drop_unraisable_exceptions,
+    quiet_half_built_objects,
     sigterm_raises_terminated,
 )
 
@@ -532,11 +532,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finlora: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        drop_unraisable_exceptions()
+        quiet_half_built_objects()
         print("finlora: interrupted; no half-written output was left", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except Terminated:
-        drop_unraisable_exceptions()
+        quiet_half_built_objects()
         report_failure("terminated by SIGTERM")
         print("finlora: terminated (SIGTERM); no half-written output was left", file=sys.stderr)
         return TERMINATED_EXIT_CODE

@@ -37,19 +37,20 @@ from finlora.config import (
 )
 from finlora.data import PreparedData, prepare_data, prepare_folds
 from finlora.errors import (
-    INTERRUPTED_EXIT_CODE,
     TERMINATED_EXIT_CODE,
     FinloraError,
     Terminated,
-    drop_unraisable_exceptions,
+    quiet_half_built_objects,
     sigterm_raises_terminated,
+    stops_held,
 )
 
 log = logging.getLogger(__name__)
 
 TRANSFORMER_STRATEGIES = ("full", "lora")
-# How long a stopped compare lets its running child finish the stop it got too, before ending it.
-CHILD_STOP_GRACE_SECONDS = 5.0
+# Seconds a stopped compare gives its running child to clean up before killing it (within
+# Kubernetes' default 30 s between SIGTERM and SIGKILL).
+CHILD_STOP_GRACE_SECONDS = 20.0
 # Cheapest first, so an interrupted compare has as many strategies finished as possible.
 EXECUTION_ORDER = ("baseline", "lora", "full")
 INFERENCE = "inference.json"
@@ -175,10 +176,9 @@ def _run_in_child(
     except FinloraError as exc:
         print(f"finlora: error in {unit.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (Terminated, KeyboardInterrupt) as stop:
-        drop_unraisable_exceptions()
-        interrupted = isinstance(stop, KeyboardInterrupt)
-        raise SystemExit(INTERRUPTED_EXIT_CODE if interrupted else TERMINATED_EXIT_CODE) from None
+    except Terminated:  # sent by run_unit, the only one that stops this process
+        quiet_half_built_objects()
+        raise SystemExit(TERMINATED_EXIT_CODE) from None
 
 
 def measure_throughput(unit: RunUnit, data: PreparedData, warmup: int = 16) -> dict:
@@ -208,23 +208,34 @@ def measure_throughput(unit: RunUnit, data: PreparedData, warmup: int = 16) -> d
     return payload
 
 
+def stop_child(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGTERM the child, which then removes its temporary files; SIGKILL it if it has not
+    exited within the grace period."""
+    if process.pid is None:  # never started
+        return
+    process.terminate()
+    process.join(CHILD_STOP_GRACE_SECONDS)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+
+
 def run_unit(settings: CompareConfig, unit: RunUnit, data: PreparedData) -> None:
-    """Run one unit in a fresh spawned process; a failure there is an error here."""
+    """Run one unit in a fresh spawned process; a failure there is an error here, and a stop
+    here (Ctrl-C, SIGTERM) stops the child too before it goes on up."""
     context = multiprocessing.get_context("spawn")
     process = context.Process(
         target=_run_in_child,
         args=(settings, unit, data, logging.getLogger("finlora").getEffectiveLevel()),
         name=f"finlora-{unit.name}",
     )
-    process.start()
     try:
+        with stops_held():  # the child starts with SIGINT ignored: only this process stops it
+            process.start()
         process.join()
     except (Terminated, KeyboardInterrupt):
-        # Ctrl-C in a terminal reaches the child as well, and it is already cleaning up; a
-        # SIGTERM or `kill -INT` reaches this process only. Either way the run stops, then we go.
-        process.join(timeout=CHILD_STOP_GRACE_SECONDS)
-        process.terminate()
-        process.join()
+        with stops_held():
+            stop_child(process)
         raise
     if process.exitcode != 0:
         raise FinloraError(

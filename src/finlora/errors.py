@@ -1,4 +1,4 @@
-"""The exception types the CLI turns into one line: a user-fixable problem, and a SIGTERM."""
+"""What the CLI turns into one line: a user-fixable problem, and a stop (Ctrl-C, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -49,13 +49,39 @@ def sigterm_raises_terminated() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def drop_unraisable_exceptions() -> None:
-    """For a process ending on a stop (Ctrl-C, SIGTERM): a stop can land inside a constructor
-    (a tqdm bar's, say), and the half-built object's __del__ then fails as it is freed, which
-    Python prints as 'Exception ignored ... Traceback' after finlora's one line. Nothing in it
-    is the user's to act on, so such reports are dropped from here on."""
-    sys.unraisablehook = _drop
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Within the block a stop cannot cut in: SIGINT is ignored (and a process started here
+    inherits that, so a Ctrl-C in a terminal, which reaches the whole process group, leaves it to
+    whoever started it to stop it), and a SIGTERM is kept and delivered when the block ends.
+
+    For starting and stopping a child process, which must not be left half-done. Main thread
+    only; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+        if held:
+            signal.raise_signal(signal.SIGTERM)
 
 
-def _drop(unraisable: object) -> None:
-    return None
+def quiet_half_built_objects() -> None:
+    """For a process ending on a stop: the stop can land inside a constructor (a tqdm bar's,
+    say), and the half-built object's __del__ then fails on an attribute __init__ never set,
+    which Python would print as 'Exception ignored ... Traceback' after finlora's one line.
+    Those AttributeErrors are dropped from here on; anything else is still reported."""
+    report = sys.unraisablehook
+
+    def report_unless_half_built(unraisable: sys.UnraisableHookArgs) -> None:
+        if not issubclass(unraisable.exc_type, AttributeError):
+            report(unraisable)
+
+    sys.unraisablehook = report_unless_half_built
