@@ -25,6 +25,7 @@ def stop_once_training(
             env={**os.environ, "TMPDIR": str(scratch)},
             stderr=stderr,
             start_new_session=whole_group,
+            preexec_fn=sigint_as_in_a_terminal,
         )
         deadline = time.monotonic() + 600
         while not list(scratch.rglob("checkpoint-*")):
@@ -36,6 +37,13 @@ def stop_once_training(
         else:
             process.send_signal(signum)
         return process.wait(timeout=120)
+
+
+def sigint_as_in_a_terminal() -> None:
+    """For `preexec_fn`: a test run started in the background by a script (`pytest &`) has
+    SIGINT ignored, and its children inherit that; a process a test interrupts must get the
+    default, so that Python turns SIGINT into KeyboardInterrupt as in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def processes_with(environment_entry: bytes, grace: float = 30.0) -> list[int]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from processes import sigint_as_in_a_terminal
 
 from finlora.cli import main
 
@@ -99,5 +100,6 @@ def test_a_stop_inside_a_constructor_still_ends_with_one_line(signal_name, code,
     """The object a stop leaves half-built fails in __del__ later; Python would print that as
     'Exception ignored ... Traceback' after finlora's own line (seen with tqdm's bars)."""
     script = HALF_BUILT_WHEN_STOPPED.replace("{signal}", signal_name)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          preexec_fn=sigint_as_in_a_terminal)  # fmt: skip
     assert (proc.returncode, proc.stderr.strip()) == (code, line)

@@ -10,7 +10,16 @@ import pytest
 from finlora.errors import Terminated, sigterm_raises_terminated, stops_held
 
 
-def test_a_sigterm_while_held_is_delivered_after_and_a_ctrl_c_is_ignored():
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt, as in a terminal, even when the test run itself was
+    started in the background with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_sigterm_while_held_is_delivered_after_and_a_ctrl_c_is_ignored(ctrl_c_raises):
     reached_the_end = False
     with pytest.raises(Terminated), sigterm_raises_terminated(), stops_held():
         os.kill(os.getpid(), signal.SIGTERM)
