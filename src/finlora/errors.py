@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 
 class FinloraError(Exception):
@@ -34,19 +35,23 @@ def _raise_terminated(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_raises_terminated() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated`; the previous handler comes back after.
-
-    Signal handlers can only be set from the main thread; elsewhere this does nothing.
-    """
+def _signal_handlers(handlers: dict[int, Any]) -> Iterator[None]:
+    """Within the block, these handlers; the previous ones come back after. Signal handlers
+    can only be set from the main thread; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def sigterm_raises_terminated() -> contextlib.AbstractContextManager[None]:
+    """Within the block, SIGTERM raises `Terminated`."""
+    return _signal_handlers({signal.SIGTERM: _raise_terminated})
 
 
 @contextlib.contextmanager
@@ -55,20 +60,14 @@ def stops_held() -> Iterator[None]:
     inherits that, so a Ctrl-C in a terminal, which reaches the whole process group, leaves it to
     whoever started it to stop it), and a SIGTERM is kept and delivered when the block ends.
 
-    For starting and stopping a child process, which must not be left half-done. Main thread
-    only; elsewhere this does nothing.
+    For starting and stopping a child process, which must not be left half-done.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     held: list[int] = []
-    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    keep = {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: lambda signum, _: held.append(signum)}
     try:
-        yield
+        with _signal_handlers(keep):
+            yield
     finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
         if held:
             signal.raise_signal(signal.SIGTERM)
 
