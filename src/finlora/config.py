@@ -8,6 +8,7 @@ drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -23,6 +24,18 @@ DEFAULT_DATASET = "phrasebank_allagree"
 LOSSES = ("auto", "ce", "weighted_ce", "focal", "bce", "weighted_bce")
 PROBLEM_TYPES = ("auto", "single_label", "multi_label")
 POOLINGS = ("cls", "mean")
+# transformers schedulers that need no extra arguments (tests check each is transformers').
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+# numpy and torch seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -40,8 +53,8 @@ class TrainConfig:
     # --- data ---
     dataset: str | None = _opt(
         None,
-        "named dataset: phrasebank_allagree|phrasebank_75agree|phrasebank_66agree|"
-        "phrasebank_50agree (the default when no --data is given)|claudette_tos",
+        "named dataset: phrasebank_allagree (the default when no --data is given)|"
+        "phrasebank_75agree|phrasebank_66agree|phrasebank_50agree|claudette_tos",
     )
     data: str | None = _opt(
         None, "training data file: PhraseBank .txt, .csv, .tsv, .jsonl, .parquet"
@@ -142,7 +155,7 @@ class TrainConfig:
     warmup_ratio: float = _opt(0.1, "fraction of steps with linear warm-up")
     weight_decay: float = _opt(0.01, "AdamW weight decay")
     gradient_accumulation_steps: int = _opt(1, "batches per optimizer step")
-    lr_scheduler_type: str = _opt("linear", "transformers scheduler name")
+    lr_scheduler_type: str = _opt("linear", "learning-rate schedule: " + "|".join(SCHEDULERS))
     early_stopping_patience: int = _opt(0, "stop after N epochs without improvement (0: off)")
     refit: bool = _opt(
         False,
@@ -174,7 +187,7 @@ class TrainConfig:
 
     # --- experiment tracking ---
     mlflow: bool = _opt(False, "track the run in MLflow (same as --report_to mlflow)")
-    report_to: list[str] | None = _list("integrations to report to: mlflow")
+    report_to: list[str] | None = _list("integrations to report to: mlflow or none")
     tracking_uri: str | None = _opt(
         None, "MLflow tracking URI (env MLFLOW_TRACKING_URI; default sqlite:///mlruns.db)"
     )
@@ -206,6 +219,17 @@ class TrainConfig:
             raise FinloraError(
                 f"--pooling {self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}"
             )
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise FinloraError(
+                f"--lr_scheduler_type {self.lr_scheduler_type!r} is unknown; use one of "
+                f"{', '.join(SCHEDULERS)}"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FinloraError(f"--{f.name} must be a finite number, got {value}")
+        if not self.output_dir.strip():
+            raise FinloraError("--output_dir is empty; name the directory for the artifacts")
         if self.label_delimiter is not None and self.label_columns:
             raise FinloraError("give either --label_delimiter or --label_columns, not both")
         for name in ("validation_size", "test_size"):
@@ -214,13 +238,35 @@ class TrainConfig:
                 raise FinloraError(f"--{name} must be in [0, 1), got {value}")
         if self.validation_size + self.test_size >= 0.9:
             raise FinloraError("--validation_size + --test_size leave under 10% for training")
-        for name in ("batch_size", "eval_batch_size", "max_length", "lora_r"):
+        for name in (
+            "batch_size",
+            "eval_batch_size",
+            "max_length",
+            "lora_r",
+            "lora_alpha",
+            "gradient_accumulation_steps",
+        ):
             if getattr(self, name) < 1:
                 raise FinloraError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if self.loraplus_lr_ratio < 0:
+        for name in (
+            "loraplus_lr_ratio",
+            "focal_gamma",
+            "weight_decay",
+            "early_stopping_patience",
+        ):
+            if getattr(self, name) < 0:
+                raise FinloraError(f"--{name} must be 0 or positive, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise FinloraError(f"--warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise FinloraError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.imbalance_threshold < 1:
             raise FinloraError(
-                f"--loraplus_lr_ratio must be 0 (off) or positive, got {self.loraplus_lr_ratio}"
+                f"--imbalance_threshold is a max/min class ratio, at least 1; got "
+                f"{self.imbalance_threshold}"
             )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise FinloraError(f"--seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.epochs <= 0:
             raise FinloraError(f"--epochs must be positive, got {self.epochs}")
         if self.learning_rate <= 0:
@@ -244,6 +290,8 @@ class TrainConfig:
 
 
 STRATEGIES = ("full", "lora", "baseline")
+# Fewer resamples than this leave the 2.5% and 97.5% percentiles resting on one or two values.
+MIN_BOOTSTRAP = 100
 # Settings of a comparison that every strategy must share (the data and its split).
 SHARED_KEYS = (
     "dataset",
@@ -312,6 +360,11 @@ class CompareConfig:
             raise FinloraError(f"--folds must be 0 (one split) or at least 2, got {self.folds}")
         if self.seeds < 1:
             raise FinloraError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.bootstrap < MIN_BOOTSTRAP:
+            raise FinloraError(
+                f"--bootstrap must be at least {MIN_BOOTSTRAP} resamples for a 95% interval, "
+                f"got {self.bootstrap}"
+            )
         if self.folds == 0 and self.test_size <= 0:
             raise FinloraError("--test_size must be positive: the comparison is on the test set")
         self.data_config()  # validates the shared data settings early
@@ -354,10 +407,23 @@ def field_types(cls: type = TrainConfig) -> dict[str, type]:
     out: dict[str, type] = {}
     for name, hint in hints.items():
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if _is_union(hint):
             hint = args[0]
         out[name] = list if typing.get_origin(hint) is list else hint
     return out
+
+
+def nullable_fields(cls: type = TrainConfig) -> set[str]:
+    """Fields that may be None (`str | None`): the others need a value."""
+    return {
+        name
+        for name, hint in typing.get_type_hints(cls).items()
+        if _is_union(hint) and type(None) in typing.get_args(hint)
+    }
+
+
+def _is_union(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
 
 
 def parse_bool(value: Any) -> bool:
@@ -375,7 +441,9 @@ def coerce(name: str, value: Any, cls: type = TrainConfig) -> Any:
     """Convert a flag string or YAML value to the field's type, or explain why not."""
     kind = field_types(cls)[name]
     if value is None:
-        return None
+        if name in nullable_fields(cls):
+            return None
+        raise FinloraError(f"{name} has no value; give one or leave the setting out")
     try:
         if kind is bool:
             return parse_bool(value)
@@ -396,18 +464,23 @@ def load_recipe(path: str | Path, cls: type = TrainConfig) -> dict[str, Any]:
         raise FinloraError(f"config file {path} does not exist; see config/ for recipes")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise FinloraError(f"config file {path} is not UTF-8 text; save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise FinloraError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
     if not isinstance(raw, dict):
         raise FinloraError(f"config file {path} must be a mapping of setting: value")
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(str(key) for key in raw if key not in known)
     if unknown:
         raise FinloraError(
             f"config file {path}: unknown key(s) {', '.join(unknown)}; "
             f"valid keys are the `finlora train` flags (see `finlora train --help`)"
         )
-    return {k: coerce(k, v, cls) for k, v in raw.items()}
+    try:
+        return {k: coerce(k, v, cls) for k, v in raw.items()}
+    except FinloraError as exc:
+        raise FinloraError(f"config file {path}: {exc}") from exc
 
 
 def resolve_config(
