@@ -17,7 +17,16 @@ from finlora.cli import main
     [
         (["train", "--data", "missing.csv"], "does not exist"),
         (["train", "--epochs", "x"], "cannot read 'x' as float"),
-        (["train", "--no_such_flag"], "unrecognized arguments"),
+        (
+            ["train", "--no_such_flag", "1"],
+            "finlora: error: unrecognized argument(s) --no_such_flag 1 "
+            "(see `finlora train --help`)",
+        ),
+        (["predict", "--model", "m", "--batch_size", "0", "t"], "--batch_size: must be at least 1"),
+        (["predict", "--model", "m", "--threads", "-2", "t"], "--threads: must be at least 1"),
+        (["predict", "--model", "m", "--output", "o.csv", "t"], "--output goes with --input"),
+        (["export", "--model", ".", "--opset", "3"], "--opset 3 cannot be exported; use 14-20"),
+        (["compare", "--bootstrap", "0"], "--bootstrap must be at least 100"),
         (["train", "--config", "nope.yaml"], "config file nope.yaml does not exist"),
         (["train", "--dataset", "imdb"], "unknown dataset"),
         (["predict", "--model", "nowhere", "text"], "does not exist"),
@@ -31,6 +40,12 @@ def test_usage_and_data_errors_exit_2_with_one_line(argv, message, capsys, tmp_p
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_quiet_is_accepted_after_the_command_too(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "-q", "--model", "nowhere", "text"]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_bad_csv_column_names_existing_columns(tmp_path, capsys):

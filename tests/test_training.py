@@ -154,6 +154,38 @@ def test_predict_texts_and_file(lora_run, tmp_path, capsys):
     assert len(scored) == 3
 
 
+def test_outputs_go_into_new_folders_and_bad_inputs_are_one_line_errors(lora_run, tmp_path, capsys):
+    model = ["--model", str(lora_run)]
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\nProfit rose .,positive\nSales fell .,negative\n")
+    metrics = tmp_path / "new" / "deeper" / "m.json"
+    assert main(["-q", "evaluate", *model, "--data", str(labelled), "--output", str(metrics)]) == 0
+    assert json.loads(metrics.read_text())["size"] == 2
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text\nCaf\xe9 sales rose .\n".encode("latin-1"))
+    no_text = tmp_path / "rows.json"
+    no_text.write_text('[{"headline": "Profit rose ."}]')
+    cases = [
+        (["-q", "predict", *model, "--input", str(latin)], "is not UTF-8"),
+        (["-q", "predict", *model, "--input", str(no_text)], "column(s) 'text' not found"),
+        (["-q", "predict", *model, "--input", str(labelled), "--output", f"{labelled}/x.csv"],
+         "cannot create its folder"),
+        (["-q", "evaluate", *model, "--data", str(labelled), "--output", str(tmp_path)],
+         "is a directory; give a file name"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_a_base_encoder_is_not_taken_for_a_trained_classifier(tiny_model_dir, capsys):
+    assert main(["predict", "--model", str(tiny_model_dir), "Profit rose ."]) == 2
+    err = capsys.readouterr().err
+    assert "is not a trained classifier" in err and "classifier.weight" in err
+
+
 def test_same_seed_same_metrics(lora_run, tmp_path, tiny_model_dir, phrasebank_slice):
     again = train_cli(tmp_path, tiny_model_dir, phrasebank_slice, "again")
     first = json.loads((lora_run / "final_results.json").read_text())

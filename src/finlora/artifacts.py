@@ -73,11 +73,33 @@ def atomic_output_dir(target: str | Path) -> Iterator[Path]:
 
 
 def write_json(path: str | Path, payload: Any) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    """Write through a temporary file renamed into place: never a half-written JSON."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_output_file(path: str | Path, flag: str = "--output") -> None:
+    """Create an output file's folder now, before the work that fills it, or say why not."""
+    path = Path(path)
+    if path.is_dir():
+        raise FinloraError(f"{flag} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FinloraError(
+            f"{flag} {path}: cannot create its folder {path.parent} ({exc.strerror})"
+        ) from exc
+    if not os.access(path.parent, os.W_OK):
+        raise FinloraError(f"{flag} {path}: {path.parent} is not writable")
 
 
 def require_model_dir(path: str | Path) -> Path:

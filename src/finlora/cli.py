@@ -27,6 +27,18 @@ from finlora.errors import (
 )
 
 log = logging.getLogger("finlora")
+QUIET_HELP = "only warnings and errors, no progress bars"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (batch sizes, threads, window sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +55,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         kind = kinds[f.name]
         default = f.default if f.default is not MISSING else None
         # argparse %-formats help strings: a literal % (as in "95%") must be doubled
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+        help_text = f.metadata.get("help", "")
+        if default is not None and "default" not in help_text:
+            help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")
         if kind is bool:
             parser.add_argument(
                 f"--{f.name}",
@@ -67,7 +82,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="finlora", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"finlora {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser(
@@ -99,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--label_columns", help="multi-label: one 0/1 column per label, comma-separated"
     )
-    evaluate.add_argument("--batch_size", type=int, default=64)
+    evaluate.add_argument("--batch_size", type=positive_int, default=64)
     evaluate.add_argument("--output", help="write the metrics JSON here")
     evaluate.add_argument("--s3_endpoint_url", help="S3-compatible endpoint for s3:// paths")
     _add_backend_flags(evaluate)
@@ -123,14 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="--document pieces: sentences (over-long ones in token windows) or token windows",
     )
     predict.add_argument(
-        "--window", type=int, help="tokens per window (default: the model's max_length)"
+        "--window", type=positive_int, help="tokens per window (default: the model's max_length)"
     )
     predict.add_argument(
-        "--stride", type=int, help="tokens between window starts (default: half the window)"
+        "--stride",
+        type=positive_int,
+        help="tokens between window starts (default: half the window)",
     )
-    predict.add_argument("--batch_size", type=int, default=64)
+    predict.add_argument("--batch_size", type=positive_int, default=64)
     predict.add_argument(
-        "--chunk_rows", type=int, default=4096, help="rows read from --input at a time"
+        "--chunk_rows", type=positive_int, default=4096, help="rows read from --input at a time"
     )
     predict.add_argument("--s3_endpoint_url", help="S3-compatible endpoint for s3:// paths")
     _add_backend_flags(predict)
@@ -147,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--quantize", choices=["int8"], help="also write an int8 model")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    export.add_argument("--threads", type=int, help="ONNX Runtime threads for verification")
+    export.add_argument(
+        "--threads", type=positive_int, help="ONNX Runtime threads for verification"
+    )
     export.set_defaults(handler=cmd_export)
 
     serve = sub.add_parser(
@@ -229,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train_flags", nargs=argparse.REMAINDER, help="-- then `finlora train` flags"
     )
     launch.set_defaults(handler=cmd_sagemaker_launch)
+    for command in sub.choices.values():  # `finlora train -q` as well as `finlora -q train`
+        command.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
+        )
     return parser
 
 
@@ -239,7 +262,9 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="auto", help="ONNX model (int8 if exported)"
     )
-    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=positive_int, help="inference threads (default: all cores)"
+    )
 
 
 def _load_predictor(args: argparse.Namespace, model: str | None = None):
@@ -274,7 +299,6 @@ def fetch(path: str | None, folder: Path, endpoint_url: str | None, directory: b
 
 def cmd_train(args: argparse.Namespace) -> int:
     from finlora.cloud import sagemaker
-    from finlora.cloud.run import run_train
 
     overrides = _flags(args)
     config_path = args.config
@@ -289,6 +313,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         overrides = {**hyperparameters, **overrides}
     config = resolve_config(overrides, config_path)
+    from finlora.cloud.run import run_train  # torch and transformers: only once settings hold
+
     results, config = run_train(config)
     if results is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
@@ -305,7 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from finlora.artifacts import write_json
+    from finlora.artifacts import check_output_file, write_json
     from finlora.data.prepare import multi_hot
     from finlora.data.sources import as_label_list, read_labelled
     from finlora.data.validate import check_known_labels, clean
@@ -316,6 +342,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         multilabel_report,
     )
 
+    if args.output and not args.output.startswith("s3://"):
+        check_output_file(args.output)
     with tempfile.TemporaryDirectory(prefix="finlora-evaluate-") as tmp:
         endpoint = args.s3_endpoint_url
         model = fetch(args.model, Path(tmp), endpoint, directory=True)
@@ -331,7 +359,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if predictor.multi_label and not isinstance(raw["label"].iloc[0], list):
             raw["label"] = raw["label"].map(as_label_list)
         frame, _ = clean(raw, args.data)
-        check_known_labels(frame, predictor.labels, args.data)
+        check_known_labels(
+            frame, predictor.labels, args.data, fix="evaluate a model trained on them"
+        )
         if predictor.multi_label:
             block = multilabel_report(
                 multi_hot(frame["label"], predictor.labels),
@@ -360,14 +390,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from finlora.artifacts import check_output_file
     from finlora.predict_io import predict_file
 
     if sum(map(bool, (args.texts, args.input, args.document))) != 1:
         raise FinloraError(
             "give texts to classify or --input FILE or --document FILE (one of them)"
         )
-    if args.chunk_rows < 1:
-        raise FinloraError(f"--chunk_rows must be at least 1, got {args.chunk_rows}")
+    if args.output and args.texts:
+        raise FinloraError(
+            "--output goes with --input FILE or --document FILE; predictions for texts given "
+            "on the command line are printed (one JSON line each)"
+        )
+    if args.document and args.output:
+        if not args.output.endswith(".json"):
+            raise FinloraError(f"--output {args.output}: a --document result is written as .json")
+        check_output_file(args.output)
     with tempfile.TemporaryDirectory(prefix="finlora-predict-") as tmp:
         endpoint = args.s3_endpoint_url
         predictor = _load_predictor(args, fetch(args.model, Path(tmp), endpoint, directory=True))
@@ -438,8 +476,6 @@ def predict_document(predictor, args: argparse.Namespace) -> int:
     summary = {k: v["count"] for k, v in result["summary"]["per_label"].items() if v["count"]}
     log.info("%s: %d pieces, labelled %s", args.document, result["pieces"], summary or "none")
     if args.output:
-        if not args.output.endswith(".json"):
-            raise FinloraError(f"--output {args.output}: a --document result is written as .json")
         write_json(args.output, result)
     else:
         print(json.dumps(result))
@@ -516,12 +552,23 @@ def setup_logging(quiet: bool) -> None:
     for noisy in ("transformers", "peft", "accelerate", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if quiet:  # no progress bars: here, and in the processes this one starts
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise FinloraError(
+                f"unrecognized argument(s) {' '.join(unknown)} "
+                f"(see `finlora {args.command} --help`)"
+            )
         setup_logging(args.quiet)
         if args.handler is cmd_serve:  # uvicorn handles SIGTERM itself: a graceful shutdown
             return args.handler(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from finlora.artifacts import check_output_file
 from finlora.data.sources import read_frame, require_columns
 from finlora.errors import FinloraError
 from finlora.evaluation import apply_thresholds
@@ -30,27 +32,34 @@ def iter_chunks(
     path = Path(path)
     if not path.is_file():
         raise FinloraError(f"input file {path} does not exist; check the path")
+    try:
+        for chunk in _read_chunks(path, text_column, chunk_rows):
+            require_columns(chunk, [text_column], path)
+            yield chunk
+    except UnicodeDecodeError as exc:
+        raise FinloraError(
+            f"input file {path} is not UTF-8 ({exc.reason} at byte {exc.start}); "
+            "re-save it as UTF-8"
+        ) from exc
+
+
+def _read_chunks(path: Path, text_column: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         with open(path, encoding="utf-8", errors="replace") as fh:
             lines = (line.rstrip("\n") for line in fh)
             while chunk := [t for _, t in zip(range(chunk_rows), lines)]:
                 yield pd.DataFrame({text_column: chunk})
-        return
-    if suffix in (".csv", ".tsv"):
-        reader = pd.read_csv(
+    elif suffix in (".csv", ".tsv"):
+        yield from pd.read_csv(
             path, sep="\t" if suffix == ".tsv" else ",", chunksize=chunk_rows, keep_default_na=False
         )
     elif suffix == ".jsonl":
-        reader = pd.read_json(path, lines=True, chunksize=chunk_rows)
+        yield from pd.read_json(path, lines=True, chunksize=chunk_rows)
     elif suffix == ".parquet":
-        reader = (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
-    else:
-        yield read_frame(path)  # raises the unsupported-type error
-        return
-    for chunk in reader:
-        require_columns(chunk, [text_column], path)
-        yield chunk
+        yield from (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
+    else:  # a whole-file type (.json), or read_frame's unsupported-type error
+        yield read_frame(path)
 
 
 class _Writer:
@@ -61,7 +70,7 @@ class _Writer:
         self.suffix = self.path.suffix.lower()
         if self.suffix not in (".csv", ".jsonl", ".parquet"):
             raise FinloraError(f"--output {path}: use a .csv, .jsonl or .parquet file name")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_output_file(self.path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.parquet: pq.ParquetWriter | None = None
         self.first = True
@@ -103,7 +112,8 @@ def predict_file(
     rows = 0
     ok = False
     try:
-        with tqdm(desc="predict", unit="text", disable=None, file=sys.stderr) as bar:
+        quiet = not logging.getLogger("finlora").isEnabledFor(logging.INFO)
+        with tqdm(desc="predict", unit="text", disable=quiet or None, file=sys.stderr) as bar:
             for chunk in iter_chunks(input_path, text_column, chunk_rows):
                 probs = predictor.probabilities(chunk[text_column].fillna("").astype(str).tolist())
                 scored = chunk.reset_index(drop=True).copy()

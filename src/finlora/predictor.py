@@ -159,6 +159,10 @@ class Predictor:
     ) -> Predictor:
         """Load an output dir with the torch backend (plain transformers, no PEFT needed) or
         its ONNX export; `backend="auto"` takes the export when there is one."""
+        if batch_size < 1:
+            raise FinloraError(f"--batch_size must be at least 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise FinloraError(f"--threads must be at least 1, got {threads}")
         if backend not in BACKENDS:
             raise FinloraError(f"--backend {backend!r} is unknown; use one of {BACKENDS}")
         if precision not in PRECISIONS:
@@ -177,7 +181,7 @@ class Predictor:
             raise FinloraError("--precision int8 needs --backend onnx (torch runs fp32)")
         model_dir = require_model_dir(model_dir)
         try:
-            model = load_finetuned(model_dir)
+            model = load_classifier(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except OSError as exc:
             raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc
@@ -309,6 +313,19 @@ class Predictor:
     def predict_label_matrix(self, texts: Sequence[str]) -> np.ndarray:
         """Multi-label decisions, shape (texts, labels), 1 where a score reaches its threshold."""
         return apply_thresholds(self.probabilities(texts), self.thresholds)
+
+
+def load_classifier(model_dir: Path, **kwargs):
+    """The saved classifier, refusing a directory without the head's weights (a base
+    encoder, say), which transformers would fill with random values that predict noise."""
+    model, loading = load_finetuned(model_dir, output_loading_info=True, **kwargs)
+    if loading["missing_keys"]:
+        raise FinloraError(
+            f"{model_dir} is not a trained classifier (it has no weights for "
+            f"{', '.join(sorted(loading['missing_keys'])[:3])}); pass the --output_dir of a "
+            "`finlora train` run"
+        )
+    return model
 
 
 def saved_thresholds(model_dir: Path, labels: list[str]) -> list[float] | None:

@@ -124,10 +124,13 @@ def resolve_labels(frame: pd.DataFrame, labels: list[str] | None) -> list[str]:
     return ordered
 
 
-def check_known_labels(frame: pd.DataFrame, labels: list[str], source: str) -> None:
+def check_known_labels(
+    frame: pd.DataFrame, labels: list[str], source: str, fix: str = "list them with --labels"
+) -> None:
+    """Every label of `frame` is one the model knows; `fix` is the other way out."""
     unknown = sorted(label_names(frame) - set(labels))
     if unknown:
         raise FinloraError(
             f"{source}: label(s) {', '.join(map(repr, unknown))} do not occur in the training "
-            f"labels {', '.join(labels)}; fix the file or list them with --labels"
+            f"labels {', '.join(labels)}; fix the file or {fix}"
         )

@@ -41,12 +41,20 @@ from finlora.config import resolve_config
 from finlora.data.sources import file_sha256
 from finlora.errors import FinloraError
 from finlora.evaluation import apply_thresholds
-from finlora.mean_pooling import load_finetuned
-from finlora.predictor import OnnxRunner, Predictor, saved_max_length, saved_thresholds
+from finlora.predictor import (
+    OnnxRunner,
+    Predictor,
+    load_classifier,
+    saved_max_length,
+    saved_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# Attention exports as scaled_dot_product_attention from opset 14; torch's TorchScript
+# exporter (the one used here, see torch_export) goes up to opset 20.
+OPSETS = range(14, 21)
 QUANTIZE_CHOICES = ("int8",)
 LABELS_FILE = "labels.json"
 INPUT_NAMES = ["input_ids", "attention_mask"]
@@ -107,6 +115,11 @@ def export_onnx(
     """Export, optimise, optionally quantize, verify; return the `export.json` payload."""
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise FinloraError(f"--quantize {quantize!r} is unknown; use one of {QUANTIZE_CHOICES}")
+    if opset not in OPSETS:
+        raise FinloraError(
+            f"--opset {opset} cannot be exported; use {OPSETS.start}-{OPSETS.stop - 1} "
+            f"(default {OPSET})"
+        )
     model_dir = require_model_dir(model_dir)
     model, tokenizer = load_merged(model_dir)
     max_length = saved_max_length(model_dir, tokenizer)
@@ -202,7 +215,7 @@ def export_onnx(
 def load_merged(model_dir: Path):
     """The merged transformers model (eager attention: the graph ONNX Runtime fuses)."""
     try:
-        model = load_finetuned(model_dir, attn_implementation="eager")
+        model = load_classifier(model_dir, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except OSError as exc:
         raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc
