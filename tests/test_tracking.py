@@ -95,6 +95,19 @@ def test_nested_runs_under_a_parent(in_tmp):
     assert client.get_run(parent.run_id).info.status == "FINISHED"
 
 
+def test_a_tracking_server_that_is_down_fails_before_training(
+    in_tmp, tiny_model_dir, phrasebank_slice, capsys
+):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = ["train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+            "--output_dir", str(in_tmp / "out"), "--mlflow", "--tracking_uri", url,
+            *FAST]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"MLflow tracking server {url} does not answer (ConnectionError)" in err
+    assert not (in_tmp / "out").exists()
+
+
 def test_run_is_logged_to_an_mlflow_server(in_tmp, tiny_model_dir, phrasebank_slice):
     """Against `mlflow server` over HTTP: the run, its metrics, artifacts and model."""
     port = free_port()

@@ -162,6 +162,23 @@ def pinned_requirements() -> list[str]:
     return out
 
 
+def check_server_answers(uri: str, timeout: float = 10.0) -> None:
+    """A tracking server that is down fails now, in seconds: MLflow's own client retries
+    with back-off for minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise FinloraError(
+            f"MLflow tracking server {uri} does not answer ({reason}); start it, or fix "
+            "--tracking_uri / MLFLOW_TRACKING_URI"
+        ) from exc
+
+
 @contextlib.contextmanager
 def mlflow_run(
     config: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None
@@ -177,6 +194,7 @@ def mlflow_run(
         raise FinloraError("--mlflow needs MLflow: pip install 'finlora[cloud]'") from exc
 
     uri = tracking_uri(config)
+    check_server_answers(uri)
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.set_experiment(config.experiment_name)

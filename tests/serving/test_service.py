@@ -211,3 +211,19 @@ def test_serve_refuses_bad_settings_before_starting(trained_dir, tmp_path, capsy
     bare.mkdir()
     assert main(["serve", "--model", str(bare), "--backend", "onnx"]) == 2
     assert "finlora export" in capsys.readouterr().err
+    assert main(["serve", "--model", str(trained_dir), "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "threads: Input should be greater than or equal to 1" in err
+    assert "FINLORA_MODEL_DIR" not in err
+
+
+def test_serve_on_a_port_in_use_is_one_line(trained_dir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--model", str(trained_dir), "--backend", "torch", "--port", str(port)]
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"cannot listen on 127.0.0.1:{port} (Address already in use); pick "
+                        "another --port or --host")  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,7 @@ def run(overrides: dict[str, Any]) -> None:
         log.warning("no ONNX export in %s; serving with the torch backend", settings.model_dir)
     if settings.backend == "torch" or find_onnx_dir(settings.model_dir) is None:
         require_model_dir(settings.model_dir)
+    check_port_free(settings.host, settings.port)
     configure_logging(settings.log_level)
     app = create_app(settings)
     uvicorn.run(
@@ -345,3 +347,16 @@ def run(overrides: dict[str, Any]) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
     )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail with one line when the address is taken, instead of uvicorn's log and exit 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        raise FinloraError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host"
+        ) from exc

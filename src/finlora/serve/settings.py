@@ -40,7 +40,8 @@ def load_settings(overrides: dict[str, Any] | None = None) -> ServeSettings:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
+        model_missing = any(e["loc"][:1] == ("model_dir",) for e in exc.errors())
+        fix = "pass --model DIR or set FINLORA_MODEL_DIR" if model_missing else "fix them"
         raise FinloraError(
-            f"invalid serve settings ({problems}); pass --model DIR or set FINLORA_MODEL_DIR, "
-            "see `finlora serve --help`"
+            f"invalid serve settings ({problems}); {fix}, see `finlora serve --help`"
         ) from exc
