@@ -24,7 +24,7 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,10 @@ def atomic_output_dir(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # A plain mkdir, not mkdtemp (always 0700): the output gets the mode the umask gives any
+    # new directory, so other users and serving containers can read the model.
+    staging = sibling_name(target, "tmp")
+    staging.mkdir()
     try:
         yield staging
     except BaseException:
@@ -64,12 +67,16 @@ def atomic_output_dir(target: str | Path) -> Iterator[Path]:
         raise
     previous = None
     if target.exists():
-        previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        previous.rmdir()
+        previous = sibling_name(target, "old")
         target.rename(previous)
     staging.rename(target)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def sibling_name(target: Path, tag: str) -> Path:
+    """A fresh hidden name next to `target` (same file system, so renames are atomic)."""
+    return target.parent / f".{target.name}.{tag}-{uuid.uuid4().hex[:12]}"
 
 
 def write_json(path: str | Path, payload: Any) -> None:
