@@ -51,6 +51,36 @@ def test_max_length_beyond_the_encoder_is_refused(tmp_path, capsys, tiny_model_d
     assert not out.exists()
 
 
+def test_an_existing_file_at_output_dir_is_refused_before_training(
+    tmp_path, capsys, tiny_model_dir, phrasebank_slice
+):
+    afile = tmp_path / "afile"
+    afile.write_text("important\n")
+    argv = ["train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+            "--output_dir", str(afile)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"finlora: error: --output_dir {afile} is an existing file, not a directory; "
+        "choose another --output_dir"
+    )
+    assert afile.read_text() == "important\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's /proc")
+def test_an_output_dir_where_no_directory_can_be_made_fails_before_training(
+    capsys, tiny_model_dir, phrasebank_slice
+):
+    """/proc passes a permission check for root, but takes no new directory."""
+    argv = ["train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+            "--output_dir", "/proc/finlora_out"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("finlora: error: cannot create --output_dir /proc/finlora_out in /proc")
+    assert err.endswith("; choose another --output_dir") and len(err.splitlines()) == 1
+
+
 def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, data_dir):
     """`python train.py --model_name ProsusAI/finbert --use_lora --batch_size 16 --fp16`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FINLORA_DATA_DIR": str(data_dir),

@@ -41,7 +41,7 @@ from finlora.artifacts import (
     THRESHOLDS,
     TRAINING_ARGS,
     atomic_output_dir,
-    check_output_parent,
+    check_output_dir,
     write_json,
     write_model_card,
 )
@@ -604,7 +604,7 @@ def train(
     checkpoint_dir = checkpoint_dir or config.checkpoint_dir
     main_process = is_main_process()
     if main_process:
-        check_output_parent(output_dir)  # fail before training, not after it
+        check_output_dir(output_dir)  # fail before training, not after it
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
     precision = precision_policy(config.fp16, config.bf16)
