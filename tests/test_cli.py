@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,52 @@ def test_max_length_beyond_the_encoder_is_refused(tmp_path, capsys, tiny_model_d
     err = capsys.readouterr().err.strip()
     assert "--max_length 1024 is longer than" in err and "(512 tokens)" in err
     assert not out.exists()
+
+
+def test_an_existing_file_at_output_dir_is_refused_before_training(
+    tmp_path, capsys, tiny_model_dir, phrasebank_slice
+):
+    afile = tmp_path / "afile"
+    afile.write_text("important\n")
+    argv = ["train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+            "--output_dir", str(afile)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"finlora: error: --output_dir {afile} is an existing file, not a directory; "
+        "choose another --output_dir"
+    )
+    assert afile.read_text() == "important\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's /proc")
+def test_an_output_dir_where_no_directory_can_be_made_fails_before_training(
+    capsys, tiny_model_dir, phrasebank_slice
+):
+    """/proc passes a permission check for root, but takes no new directory."""
+    argv = ["train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+            "--output_dir", "/proc/finlora_out"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("finlora: error: cannot create --output_dir /proc/finlora_out in /proc")
+    assert err.endswith("; choose another --output_dir") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_train_stdout_is_only_its_json_summary(quiet, tmp_path, tiny_model_dir, phrasebank_slice):
+    """`finlora train ... | jq` works: the Trainer's log dicts stay off stdout; progress bars
+    go to stderr, and -q shows none."""
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "finlora", *(["-q"] if quiet else []), "train",
+         "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir), "--epochs", "1",
+         "--batch_size", "32", "--max_length", "32", "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["output_dir"] == str(out)
+    assert ("100%|" in proc.stderr) is not quiet  # tqdm bars
 
 
 def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, data_dir):

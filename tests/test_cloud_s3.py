@@ -12,7 +12,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from servers import FAKE_AWS, moto
+from servers import FAKE_AWS, free_port, moto
 
 from finlora.cloud import s3
 from finlora.cloud.run import apply_s3_prefix, localize_inputs
@@ -148,6 +148,37 @@ def test_missing_bucket_and_missing_credentials_are_one_line_errors(
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("finlora: error: no AWS credentials")
+
+
+def test_a_missing_output_bucket_fails_before_training(aws, tiny_model_dir, phrasebank_slice,
+                                                      tmp_path):  # fmt: skip
+    checkpoints = tmp_path / "checkpoints"  # training would create it
+    done = run_finlora(
+        ["train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+         "--output_dir", "s3://no-such-bucket/run", "--checkpoint_dir", str(checkpoints), *FAST],
+        aws,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "finlora: error: bucket 'no-such-bucket' does not exist (to write to "
+        "s3://no-such-bucket/run); check the name and region, or create it"
+    )
+    assert "training LoRA" not in done.stderr and not checkpoints.exists()
+
+
+def test_an_unreachable_output_endpoint_fails_with_one_line(tiny_model_dir, phrasebank_slice):
+    """A closed port: the probe before training gives up after 2 quick attempts."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    done = run_finlora(
+        ["-q", "train", "--data", str(phrasebank_slice), "--model_name", str(tiny_model_dir),
+         "--output_dir", "s3://bucket/run", "--s3_endpoint_url", closed, *FAST],
+        FAKE_AWS,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == (
+        f"finlora: error: cannot reach the S3 endpoint to write to s3://bucket/run ({closed}); "
+        "check --s3_endpoint_url / AWS_ENDPOINT_URL and the network"
+    )
 
 
 def test_access_denied_is_a_one_line_error(tmp_path, phrasebank_slice):

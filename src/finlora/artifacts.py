@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,10 @@ def atomic_output_dir(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # A plain mkdir, not mkdtemp (always 0700): the output gets the mode the umask gives any
+    # new directory, so other users and serving containers can read the model.
+    staging = sibling_name(target, "tmp")
+    staging.mkdir()
     try:
         yield staging
     except BaseException:
@@ -64,12 +66,16 @@ def atomic_output_dir(target: str | Path) -> Iterator[Path]:
         raise
     previous = None
     if target.exists():
-        previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        previous.rmdir()
+        previous = sibling_name(target, "old")
         target.rename(previous)
     staging.rename(target)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def sibling_name(target: Path, tag: str) -> Path:
+    """A fresh hidden name next to `target` (same file system, so renames are atomic)."""
+    return target.parent / f".{target.name}.{tag}-{uuid.uuid4().hex[:12]}"
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -160,12 +166,27 @@ def write_model_card(path: Path, results: dict) -> None:
     (path / MODEL_CARD).write_text("\n".join(lines), encoding="utf-8")
 
 
-def check_output_parent(target: str | Path) -> None:
-    """Create the output dir's parent now and check it is writable, before a long training."""
-    parent = Path(target).parent
+def check_output_dir(target: str | Path) -> None:
+    """Before a long training: `target` is no file, and its parent takes a new directory.
+
+    An existing directory is a rerun and gets replaced; an existing file is refused rather
+    than hidden. The probe makes and removes a real directory where the staging one will go,
+    as a permission check alone passes for root on read-only or virtual file systems (/proc).
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise FinloraError(
+            f"--output_dir {target} is an existing file, not a directory; choose another "
+            "--output_dir"
+        )
+    parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        probe = sibling_name(target, "probe")
+        probe.mkdir()
+        probe.rmdir()
     except OSError as exc:
-        raise FinloraError(f"cannot create {parent} for --output_dir: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise FinloraError(f"{parent} is not writable; choose another --output_dir")
+        raise FinloraError(
+            f"cannot create --output_dir {target} in {parent} ({exc.strerror}); choose another "
+            "--output_dir"
+        ) from exc

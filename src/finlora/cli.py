@@ -551,6 +551,10 @@ def setup_logging(quiet: bool) -> None:
     )
     for noisy in ("transformers", "peft", "accelerate", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if quiet:  # no progress bars either: loading, training, saving (Hugging Face's tqdm)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if quiet:  # no progress bars: here, and in the processes this one starts
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"

@@ -26,12 +26,15 @@ from torch.utils.data import Dataset
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
+    PrinterCallback,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging as hf_logging
 
 from finlora import __version__
 from finlora.artifacts import (
@@ -41,7 +44,7 @@ from finlora.artifacts import (
     THRESHOLDS,
     TRAINING_ARGS,
     atomic_output_dir,
-    check_output_parent,
+    check_output_dir,
     write_json,
     write_model_card,
 )
@@ -148,6 +151,14 @@ class EpochSummary(TrainerCallback):
             second.replace("_f1", "-F1"),
             metrics.get(f"eval_{second}", float("nan")),
         )
+
+
+class ProgressBar(ProgressCallback):
+    """The Trainer's progress bars (tqdm, on stderr) without its log dicts, which it writes to
+    stdout: that carries only the command's JSON. EpochSummary logs each epoch instead."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
 
 
 def cpu_supports_bf16() -> bool:
@@ -501,6 +512,11 @@ def fit(
         callbacks=trainer_callbacks,
         loss_fn=loss_fn,
     )
+    # The Trainer always adds one of these two, and both print to stdout.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if hf_logging.is_progress_bar_enabled():  # off with -q
+        trainer.add_callback(ProgressBar)
     layout = batch_layout(config.batch_size, config.gradient_accumulation_steps)
     check_same_data_on_all_ranks(data, weights)
     log.info(
@@ -604,7 +620,7 @@ def train(
     checkpoint_dir = checkpoint_dir or config.checkpoint_dir
     main_process = is_main_process()
     if main_process:
-        check_output_parent(output_dir)  # fail before training, not after it
+        check_output_dir(output_dir)  # fail before training, not after it
     data = data or prepare_data(config)
     tokenizer = load_tokenizer(config.model_name)
     precision = precision_policy(config.fp16, config.bf16)

@@ -141,6 +141,7 @@ def run_train(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
     if container is not None:
         config = sagemaker.container_config(config, container)
     remote_output = is_s3_uri(config.output_dir) or container is not None
+    check_remote_outputs(config)
     with tempfile.TemporaryDirectory(prefix="finlora-run-") as tmp:
         tmp = Path(tmp)
         local, origins = localize_inputs(config, tmp / "inputs")
@@ -180,6 +181,16 @@ def run_train(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
                 }
         publish(output_dir, config, container)
     return results, config
+
+
+def check_remote_outputs(config: TrainConfig) -> None:
+    """Fail in seconds, before any download or training, if an s3:// output or checkpoint
+    location cannot be written (no credentials, no bucket, no endpoint, no permission)."""
+    from finlora.cloud.s3 import check_writable
+
+    for uri in (config.output_dir, config.checkpoint_dir):
+        if is_s3_uri(uri):
+            check_writable(uri, config.s3_endpoint_url)
 
 
 @contextlib.contextmanager

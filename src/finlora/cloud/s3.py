@@ -79,8 +79,13 @@ class S3Uri:
         return S3Uri(self.bucket, self.prefix + name.lstrip("/"))
 
 
-def client(endpoint_url: str | None = None, region: str | None = None):
-    """An S3 client from the standard chain, with retries and the endpoint override."""
+# The check before training gives up quickly: an unreachable endpoint fails in seconds.
+PROBE = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=3, read_timeout=10)
+
+
+def client(endpoint_url: str | None = None, region: str | None = None, probe: bool = False):
+    """An S3 client from the standard chain, with retries and the endpoint override; a
+    `probe` client has few retries and short timeouts (transfers get the patient one)."""
     endpoint_url = (
         endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     )
@@ -92,6 +97,8 @@ def client(endpoint_url: str | None = None, region: str | None = None):
         # Custom endpoints (MinIO, an IP and port) rarely serve bucket subdomains.
         s3={"addressing_style": "path"} if endpoint_url else None,
     )
+    if probe:
+        config = config.merge(PROBE)
     session = boto3.session.Session(region_name=region)
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
@@ -107,8 +114,10 @@ def explained(uri: str, action: str, s3=None) -> Iterator[None]:
             "AWS_PROFILE, or run on a machine with an IAM role"
         ) from exc
     except EndpointConnectionError as exc:
+        # The client's endpoint, not the request's URL (which names the object again).
+        endpoint = s3.meta.endpoint_url if s3 is not None else exc.kwargs.get("endpoint_url")
         raise FinloraError(
-            f"cannot reach the S3 endpoint to {action} {uri} ({exc.kwargs.get('endpoint_url')}); "
+            f"cannot reach the S3 endpoint to {action} {uri} ({endpoint}); "
             "check --s3_endpoint_url / AWS_ENDPOINT_URL and the network"
         ) from exc
     except ClientError as exc:
@@ -263,6 +272,20 @@ def upload_dir(
         time.perf_counter() - started,
     )
     return total
+
+
+def check_writable(uri: str, endpoint_url: str | None = None) -> None:
+    """Before a long job: credentials, endpoint and bucket all let us write under `uri`.
+
+    A marker is put and deleted beside the prefix, where `upload_dir` stages its files, so
+    the check covers write permission (head_bucket would not) and never touches the target.
+    """
+    parsed = S3Uri.parse(uri)
+    s3 = client(endpoint_url, probe=True)
+    key = f"{parsed.prefix.rstrip('/')}.write-check-{uuid.uuid4().hex[:12]}"
+    with explained(uri, "write to", s3):
+        s3.put_object(Bucket=parsed.bucket, Key=key, Body=b"")
+        s3.delete_object(Bucket=parsed.bucket, Key=key)
 
 
 def _delete_keys(s3, bucket: str, keys: list[str]) -> None:
