@@ -81,7 +81,7 @@ def sibling_name(target: Path, tag: str) -> Path:
 def write_json(path: str | Path, payload: Any) -> None:
     """Write through a temporary file renamed into place: never a half-written JSON."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    partial = sibling_name(path, "tmp")
     try:
         partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
         partial.replace(path)
@@ -104,8 +104,14 @@ def check_output_file(path: str | Path, flag: str = "--output") -> None:
         raise FinloraError(
             f"{flag} {path}: cannot create its folder {path.parent} ({exc.strerror})"
         ) from exc
-    if not os.access(path.parent, os.W_OK):
-        raise FinloraError(f"{flag} {path}: {path.parent} is not writable")
+    probe = sibling_name(path, "probe")  # a real write: access checks pass for root anywhere
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise FinloraError(
+            f"{flag} {path}: cannot write in {path.parent} ({exc.strerror})"
+        ) from exc
 
 
 def require_model_dir(path: str | Path) -> Path:

@@ -551,12 +551,8 @@ def setup_logging(quiet: bool) -> None:
     )
     for noisy in ("transformers", "peft", "accelerate", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    if quiet:  # no progress bars either: loading, training, saving (Hugging Face's tqdm)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if quiet:  # no progress bars: here, and in the processes this one starts
+    if quiet:  # no progress bars (loading, training, saving, predicting), here and in children
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         os.environ["TQDM_DISABLE"] = "1"
         from transformers.utils.logging import disable_progress_bar

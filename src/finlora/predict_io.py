@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from finlora.artifacts import check_output_file
+from finlora.artifacts import check_output_file, sibling_name
 from finlora.data.sources import read_frame, require_columns
 from finlora.errors import FinloraError
 from finlora.evaluation import apply_thresholds
@@ -71,7 +70,7 @@ class _Writer:
         if self.suffix not in (".csv", ".jsonl", ".parquet"):
             raise FinloraError(f"--output {path}: use a .csv, .jsonl or .parquet file name")
         check_output_file(self.path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = sibling_name(self.path, "tmp")
         self.parquet: pq.ParquetWriter | None = None
         self.first = True
 
