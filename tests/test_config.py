@@ -45,6 +45,8 @@ def test_unknown_recipe_key_is_an_error(tmp_path):
         ({"weight_decay": "-1"}, "--weight_decay must be 0 or positive"),
         ({"imbalance_threshold": "0.5"}, "--imbalance_threshold is a max/min class ratio"),
         ({"output_dir": " "}, "--output_dir is empty"),
+        ({"class_weights": "abc"}, "--class_weights 'abc': use balanced, inverse, sqrt, none or"),
+        ({"class_weights": "1,-2"}, "positive numbers, one per class"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):

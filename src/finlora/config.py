@@ -24,6 +24,7 @@ DEFAULT_DATASET = "phrasebank_allagree"
 LOSSES = ("auto", "ce", "weighted_ce", "focal", "bce", "weighted_bce")
 PROBLEM_TYPES = ("auto", "single_label", "multi_label")
 POOLINGS = ("cls", "mean")
+WEIGHT_SCHEMES = ("balanced", "inverse", "sqrt", "none")
 # transformers schedulers that need no extra arguments (tests check each is transformers').
 SCHEDULERS = (
     "linear",
@@ -256,6 +257,7 @@ class TrainConfig:
         ):
             if getattr(self, name) < 0:
                 raise FinloraError(f"--{name} must be 0 or positive, got {getattr(self, name)}")
+        self.validate_class_weights()
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise FinloraError(f"--warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -280,6 +282,20 @@ class TrainConfig:
             raise FinloraError(f"--report_to {','.join(unknown)} is unknown; use mlflow or none")
         if self.register_model and not self.tracks_mlflow:
             raise FinloraError("--register_model needs MLflow tracking: add --mlflow")
+
+    def validate_class_weights(self) -> None:
+        """A scheme name or positive numbers, checked now even when the loss ignores them."""
+        if self.class_weights in WEIGHT_SCHEMES:
+            return
+        try:
+            weights = [float(w) for w in self.class_weights.split(",")]
+        except ValueError:
+            weights = []
+        if not weights or not all(0 < w < math.inf for w in weights):
+            raise FinloraError(
+                f"--class_weights {self.class_weights!r}: use {', '.join(WEIGHT_SCHEMES)} or "
+                "positive numbers, one per class, like 1,2.5,1"
+            )
 
     @property
     def tracks_mlflow(self) -> bool:
