@@ -31,16 +31,6 @@ def session_temp_dir(tmp_path_factory) -> Path:
         yield path
 
 
-@pytest.fixture(autouse=True)
-def environment_kept_per_test():
-    """`finlora -q` turns progress bars off for the processes it starts through the
-    environment; called in-process, that must not reach the next test's processes."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def require_data(relative: str) -> Path:
     """A file under the datasets dir; missing data fails under CI=true, else skips."""
     path = DATA_DIR / relative

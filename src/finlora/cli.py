@@ -25,6 +25,7 @@ from finlora.errors import (
     quiet_half_built_objects,
     sigterm_raises_terminated,
 )
+from finlora.logs import configure_logging
 
 log = logging.getLogger("finlora")
 QUIET_HELP = "only warnings and errors, no progress bars"
@@ -544,20 +545,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def setup_logging(quiet: bool) -> None:
     # Under torchrun every rank logs; only rank 0 tells the story, the others warn and fail.
     quiet = quiet or os.environ.get("RANK", "0") != "0"
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    configure_logging(
+        logging.WARNING if quiet else logging.INFO,
+        "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("transformers", "peft", "accelerate", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if quiet:  # no progress bars (loading, training, saving, predicting), here and in children
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        os.environ["TQDM_DISABLE"] = "1"
-        from transformers.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

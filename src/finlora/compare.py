@@ -44,6 +44,7 @@ from finlora.errors import (
     sigterm_raises_terminated,
     stops_held,
 )
+from finlora.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,7 @@ def _run_in_child(
     settings: CompareConfig, unit: RunUnit, data: PreparedData, log_level: int
 ) -> None:
     """Child process entry: train if needed, then measure test throughput."""
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s %(levelname)s [{unit.name}] %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("transformers", "peft", "accelerate", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    configure_logging(log_level, f"%(asctime)s %(levelname)s [{unit.name}] %(name)s: %(message)s")
     try:
         with sigterm_raises_terminated():
             if read_results(unit.directory) is None:
