@@ -42,7 +42,7 @@ def test_unknown_recipe_key_is_an_error(tmp_path):
         ({"lr_scheduler_type": "bogus"}, "--lr_scheduler_type 'bogus' is unknown; use one of"),
         ({"lora_dropout": "1.5"}, r"--lora_dropout must be in \[0, 1\)"),
         ({"seed": "-1"}, r"--seed must be in \[0, 4294967295\]"),
-        ({"weight_decay": "-1"}, "--weight_decay must be 0 or positive"),
+        ({"weight_decay": "-1"}, "--weight_decay must be at least 0, got -1.0"),
         ({"imbalance_threshold": "0.5"}, "--imbalance_threshold is a max/min class ratio"),
         ({"output_dir": " "}, "--output_dir is empty"),
         ({"class_weights": "abc"}, "--class_weights 'abc': use balanced, inverse, sqrt, none or"),

@@ -35,6 +35,19 @@ SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
 )
+# The smallest value each numeric setting can work with (0 turns the last four off).
+LOWEST_VALUES = {
+    "batch_size": 1,
+    "eval_batch_size": 1,
+    "max_length": 1,
+    "lora_r": 1,
+    "lora_alpha": 1,
+    "gradient_accumulation_steps": 1,
+    "loraplus_lr_ratio": 0,
+    "focal_gamma": 0,
+    "weight_decay": 0,
+    "early_stopping_patience": 0,
+}
 # numpy and torch seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
 
@@ -239,24 +252,9 @@ class TrainConfig:
                 raise FinloraError(f"--{name} must be in [0, 1), got {value}")
         if self.validation_size + self.test_size >= 0.9:
             raise FinloraError("--validation_size + --test_size leave under 10% for training")
-        for name in (
-            "batch_size",
-            "eval_batch_size",
-            "max_length",
-            "lora_r",
-            "lora_alpha",
-            "gradient_accumulation_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise FinloraError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in (
-            "loraplus_lr_ratio",
-            "focal_gamma",
-            "weight_decay",
-            "early_stopping_patience",
-        ):
-            if getattr(self, name) < 0:
-                raise FinloraError(f"--{name} must be 0 or positive, got {getattr(self, name)}")
+        for name, lowest in LOWEST_VALUES.items():
+            if getattr(self, name) < lowest:
+                raise FinloraError(f"--{name} must be at least {lowest}, got {getattr(self, name)}")
         self.validate_class_weights()
         if not 0.0 <= self.warmup_ratio <= 1.0:
             raise FinloraError(f"--warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
