@@ -52,13 +52,16 @@ def keys(prefix: str) -> dict[str, int]:
     return {k: size for k, size in s3.list_objects(s3.client(), BUCKET, prefix)}
 
 
-def run_finlora(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_finlora(
+    args: list[str], env: dict, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "finlora", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -102,6 +105,17 @@ def test_train_from_s3_to_s3_end_to_end(bucket, aws, tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in body.decode().splitlines()]
     assert [r["text"] for r in rows] == ["Profit rose sharply.", "The company went bankrupt."]
     assert {r["label"] for r in rows} <= set(results["labels"])
+
+    # predict --document: the JSON result is uploaded, not written to a local "s3:" folder.
+    done = run_finlora(
+        ["predict", "--model", out, "--document", str(texts),
+         "--output", f"s3://{bucket}/predictions/texts.json"],
+        aws, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    body = s3.client().get_object(Bucket=bucket, Key="predictions/texts.json")["Body"].read()
+    assert json.loads(body)["pieces"] == 2
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_seed_flags_map_relative_paths_under_the_bucket_prefix():

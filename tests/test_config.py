@@ -47,6 +47,7 @@ def test_unknown_recipe_key_is_an_error(tmp_path):
         ({"output_dir": " "}, "--output_dir is empty"),
         ({"class_weights": "abc"}, "--class_weights 'abc': use balanced, inverse, sqrt, none or"),
         ({"class_weights": "1,-2"}, "positive numbers, one per class"),
+        ({"class_weights": "sqrt", "problem_type": "single_label"}, "multi-label pos_weight"),
     ],
 )
 def test_bad_values_are_one_line_errors(overrides, message):

@@ -59,8 +59,10 @@ def test_class_weight_schemes():
     assert class_weights(counts, "1,2,3") == [1.0, 2.0, 3.0]
     with pytest.raises(FinloraError, match="3 classes"):
         class_weights(counts, "1,2")
-    with pytest.raises(FinloraError, match="balanced, inverse, none"):
+    with pytest.raises(FinloraError, match="balanced, inverse, sqrt, none or positive numbers"):
         class_weights(counts, "heavy")
+    with pytest.raises(FinloraError, match="sqrt is a multi-label pos_weight scheme"):
+        class_weights(counts, "sqrt")
 
 
 def test_auto_loss_follows_imbalance():

@@ -78,13 +78,33 @@ def sibling_name(target: Path, tag: str) -> Path:
     return target.parent / f".{target.name}.{tag}-{uuid.uuid4().hex[:12]}"
 
 
+def partial_file(path: Path) -> Path:
+    """Where an output file is written before its rename onto `path.resolve()`: beside the
+    real file, so a symlink keeps pointing at it. A stream (/dev/stdout, a FIFO) has nothing
+    to rename over and is written directly."""
+    if is_stream(path):
+        return path
+    return sibling_name(path.resolve(), "tmp")
+
+
+def is_stream(path: Path) -> bool:
+    """/dev/stdout and the like (even when the shell redirects them into a file), FIFOs."""
+    if str(path).startswith(("/dev/", "/proc/self/fd/")):
+        return True
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def write_json(path: str | Path, payload: Any) -> None:
     """Write through a temporary file renamed into place: never a half-written JSON."""
     path = Path(path)
-    partial = sibling_name(path, "tmp")
+    partial = partial_file(path)
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if partial == path:
+        path.write_text(text, encoding="utf-8")
+        return
     try:
-        partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-        partial.replace(path)
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(path.resolve())
     finally:
         partial.unlink(missing_ok=True)
 
@@ -98,6 +118,9 @@ def check_output_file(path: str | Path, flag: str = "--output") -> None:
     path = Path(path)
     if path.is_dir():
         raise FinloraError(f"{flag} {path} is a directory; give a file name")
+    if is_stream(path):
+        return
+    path = path.resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train_flags", nargs=argparse.REMAINDER, help="-- then `finlora train` flags"
     )
     launch.set_defaults(handler=cmd_sagemaker_launch)
-    for command in sub.choices.values():  # `finlora train -q` as well as `finlora -q train`
+    commands = [*sub.choices.values(), *sagemaker_sub.choices.values()]
+    for command in commands:  # `finlora train -q` as well as `finlora -q train`
         command.add_argument(
             "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
         )
@@ -392,7 +393,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from finlora.artifacts import check_output_file
-    from finlora.predict_io import predict_file
+    from finlora.predict_io import check_prediction_output, predict_file
 
     if sum(map(bool, (args.texts, args.input, args.document))) != 1:
         raise FinloraError(
@@ -403,25 +404,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--output goes with --input FILE or --document FILE; predictions for texts given "
             "on the command line are printed (one JSON line each)"
         )
-    if args.document and args.output:
+    remote_output = (args.output or "").startswith("s3://")
+    if args.output and args.document:
         if not args.output.endswith(".json"):
             raise FinloraError(f"--output {args.output}: a --document result is written as .json")
-        check_output_file(args.output)
+        if not remote_output:
+            check_output_file(args.output)
+    elif args.output:
+        check_prediction_output(args.output)
     with tempfile.TemporaryDirectory(prefix="finlora-predict-") as tmp:
         endpoint = args.s3_endpoint_url
         predictor = _load_predictor(args, fetch(args.model, Path(tmp), endpoint, directory=True))
-        if args.document:
-            return predict_document(predictor, args)
-        if not args.input:
+        if args.texts:
             for record in predictor.predict(args.texts):
                 print(json.dumps(record))
             return 0
         output = args.output
-        if (output or "").startswith("s3://"):
+        if remote_output:  # written locally, uploaded when complete
             output = str(Path(tmp) / "output" / output.rsplit("/", 1)[-1])
-        source = fetch(args.input, Path(tmp), endpoint)
-        predict_file(predictor, source, args.text_column, output, args.chunk_rows)
-        if output != args.output:
+            Path(output).parent.mkdir()
+        if args.document:
+            predict_document(predictor, args, output)
+        else:
+            source = fetch(args.input, Path(tmp), endpoint)
+            predict_file(predictor, source, args.text_column, output, args.chunk_rows)
+        if remote_output:
             from finlora.cloud.s3 import upload_file
 
             upload_file(output, args.output, endpoint)
@@ -462,7 +469,8 @@ def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_document(predictor, args: argparse.Namespace) -> int:
+def predict_document(predictor, args: argparse.Namespace, output: str | None) -> None:
+    """Classify `--document` piece by piece; the JSON result goes to `output` or stdout."""
     from finlora.artifacts import write_json
     from finlora.documents import classify_document, read_document
 
@@ -476,11 +484,10 @@ def predict_document(predictor, args: argparse.Namespace) -> int:
     result = {"document": str(args.document), **result}
     summary = {k: v["count"] for k, v in result["summary"]["per_label"].items() if v["count"]}
     log.info("%s: %d pieces, labelled %s", args.document, result["pieces"], summary or "none")
-    if args.output:
-        write_json(args.output, result)
+    if output:
+        write_json(output, result)
     else:
         print(json.dumps(result))
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -557,9 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, unknown = parser.parse_known_args(argv)
         if unknown:
+            command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
             raise FinloraError(
-                f"unrecognized argument(s) {' '.join(unknown)} "
-                f"(see `finlora {args.command} --help`)"
+                f"unrecognized argument(s) {' '.join(unknown)} (see `finlora {command} --help`)"
             )
         setup_logging(args.quiet)
         if args.handler is cmd_serve:  # uvicorn handles SIGTERM itself: a graceful shutdown

@@ -283,17 +283,9 @@ class TrainConfig:
 
     def validate_class_weights(self) -> None:
         """A scheme name or positive numbers, checked now even when the loss ignores them."""
-        if self.class_weights in WEIGHT_SCHEMES:
-            return
-        try:
-            weights = [float(w) for w in self.class_weights.split(",")]
-        except ValueError:
-            weights = []
-        if not weights or not all(0 < w < math.inf for w in weights):
-            raise FinloraError(
-                f"--class_weights {self.class_weights!r}: use {', '.join(WEIGHT_SCHEMES)} or "
-                "positive numbers, one per class, like 1,2.5,1"
-            )
+        explicit_weights(self.class_weights)
+        if self.class_weights == "sqrt" and self.problem_type == "single_label":
+            raise FinloraError(SQRT_IS_MULTI_LABEL)
 
     @property
     def tracks_mlflow(self) -> bool:
@@ -413,6 +405,28 @@ class ProfileConfig:
             raise FinloraError("give either --data FILE or --dataset NAME, not both")
         if self.max_length < 1 or self.top_tokens < 1:
             raise FinloraError("--max_length and --top_tokens must be at least 1")
+
+
+SQRT_IS_MULTI_LABEL = (
+    "--class_weights sqrt is a multi-label pos_weight scheme; for single-label use balanced, "
+    "inverse, none or one positive number per class"
+)
+
+
+def explicit_weights(scheme: str) -> list[float] | None:
+    """`--class_weights` given as numbers (`1,2.5,1`), None for a scheme name."""
+    if scheme in WEIGHT_SCHEMES:
+        return None
+    try:
+        weights = [float(w) for w in scheme.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(0 < w < math.inf for w in weights):
+        raise FinloraError(
+            f"--class_weights {scheme!r}: use {', '.join(WEIGHT_SCHEMES)} or positive numbers, "
+            "one per class, like 1,2.5,1"
+        )
+    return weights
 
 
 def field_types(cls: type = TrainConfig) -> dict[str, type]:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finlora.config import SQRT_IS_MULTI_LABEL, explicit_weights
 from finlora.errors import FinloraError
 
 
@@ -32,18 +33,13 @@ def class_weights(counts: Sequence[int], scheme: str) -> list[float] | None:
         inverse = [1.0 / c for c in counts]
         mean = sum(inverse) / len(inverse)
         return [w / mean for w in inverse]
-    try:
-        weights = [float(w) for w in scheme.split(",")]
-    except ValueError as exc:
-        raise FinloraError(
-            f"--class_weights {scheme!r}: use balanced, inverse, none or a list like 1,2.5,1"
-        ) from exc
+    weights = explicit_weights(scheme)
+    if weights is None:  # sqrt: only pos_weights knows it
+        raise FinloraError(SQRT_IS_MULTI_LABEL)
     if len(weights) != len(counts):
         raise FinloraError(
             f"--class_weights gives {len(weights)} weights for {len(counts)} classes"
         )
-    if any(w <= 0 for w in weights):
-        raise FinloraError("--class_weights must all be positive")
     return weights
 
 

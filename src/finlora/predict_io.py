@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from finlora.artifacts import check_output_file, sibling_name
+from finlora.artifacts import check_output_file, partial_file
 from finlora.data.sources import read_frame, require_columns
 from finlora.errors import FinloraError
 from finlora.evaluation import apply_thresholds
@@ -61,16 +61,25 @@ def _read_chunks(path: Path, text_column: str, chunk_rows: int) -> Iterator[pd.D
         yield read_frame(path)
 
 
+OUTPUT_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+def check_prediction_output(path: str | Path) -> None:
+    """Before loading the model: `--output` names a table file that can be written."""
+    if Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise FinloraError(f"--output {path}: use a .csv, .jsonl or .parquet file name")
+    if not str(path).startswith("s3://"):  # uploaded from a local file at the end
+        check_output_file(path)
+
+
 class _Writer:
     """Appends prediction chunks to CSV / JSON Lines / Parquet, into a temp file renamed at end."""
 
     def __init__(self, path: str | Path) -> None:
+        check_prediction_output(path)
         self.path = Path(path)
         self.suffix = self.path.suffix.lower()
-        if self.suffix not in (".csv", ".jsonl", ".parquet"):
-            raise FinloraError(f"--output {path}: use a .csv, .jsonl or .parquet file name")
-        check_output_file(self.path)
-        self.tmp = sibling_name(self.path, "tmp")
+        self.tmp = partial_file(self.path)
         self.parquet: pq.ParquetWriter | None = None
         self.first = True
 
@@ -89,8 +98,10 @@ class _Writer:
     def close(self, ok: bool) -> None:
         if self.parquet is not None:
             self.parquet.close()
+        if self.tmp == self.path:  # a stream, written directly
+            return
         if ok and self.tmp.exists():
-            self.tmp.replace(self.path)
+            self.tmp.replace(self.path.resolve())
         else:
             self.tmp.unlink(missing_ok=True)
 

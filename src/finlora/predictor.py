@@ -181,7 +181,7 @@ class Predictor:
             raise FinloraError("--precision int8 needs --backend onnx (torch runs fp32)")
         model_dir = require_model_dir(model_dir)
         try:
-            model = load_classifier(model_dir)
+            model = load_trained_classifier(model_dir)
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except OSError as exc:
             raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc
@@ -315,7 +315,7 @@ class Predictor:
         return apply_thresholds(self.probabilities(texts), self.thresholds)
 
 
-def load_classifier(model_dir: Path, **kwargs):
+def load_trained_classifier(model_dir: Path, **kwargs):
     """The saved classifier, refusing a directory without the head's weights (a base
     encoder, say), which transformers would fill with random values that predict noise."""
     model, loading = load_finetuned(model_dir, output_loading_info=True, **kwargs)

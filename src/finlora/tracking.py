@@ -171,7 +171,9 @@ def check_server_answers(uri: str, timeout: float = 10.0) -> None:
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
-    except requests.RequestException as exc:
+    except requests.exceptions.SSLError:
+        return  # it answers; MLflow's client has its own TLS settings (MLFLOW_TRACKING_*)
+    except (requests.ConnectionError, requests.Timeout) as exc:
         reason = type(exc).__name__
         raise FinloraError(
             f"MLflow tracking server {uri} does not answer ({reason}); start it, or fix "

@@ -83,11 +83,11 @@ def test_request_id_is_echoed_and_logged(client, server):
     assert response.headers["x-request-id"] == "trace-42.a"
     generated = client.get("/healthz").headers["x-request-id"]
     assert len(generated) == 32
-    deadline = time.monotonic() + 10
-    while "[trace-42.a] POST /v1/predict 200" not in server[1].read_text():
+    expected = ("[trace-42.a] POST /v1/predict 200", f"[{generated}] GET /healthz 200")
+    deadline = time.monotonic() + 10  # the access log is written after the response is sent
+    while not all(line in server[1].read_text() for line in expected):
         assert time.monotonic() < deadline, server[1].read_text()[-2000:]
         time.sleep(0.1)
-    assert f"[{generated}] GET /healthz 200" in server[1].read_text()
 
 
 BAD_REQUESTS = {

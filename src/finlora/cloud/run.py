@@ -141,7 +141,8 @@ def run_train(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
     if container is not None:
         config = sagemaker.container_config(config, container)
     remote_output = is_s3_uri(config.output_dir) or container is not None
-    check_remote_outputs(config)
+    if main_process:
+        check_destinations(config)
     with tempfile.TemporaryDirectory(prefix="finlora-run-") as tmp:
         tmp = Path(tmp)
         local, origins = localize_inputs(config, tmp / "inputs")
@@ -183,14 +184,20 @@ def run_train(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
     return results, config
 
 
-def check_remote_outputs(config: TrainConfig) -> None:
+def check_destinations(config: TrainConfig) -> None:
     """Fail in seconds, before any download or training, if an s3:// output or checkpoint
-    location cannot be written (no credentials, no bucket, no endpoint, no permission)."""
+    location cannot be written (no credentials, no bucket, no endpoint, no permission) or
+    the MLflow tracking server does not answer."""
     from finlora.cloud.s3 import check_writable
 
-    for uri in (config.output_dir, config.checkpoint_dir):
-        if is_s3_uri(uri):
-            check_writable(uri, config.s3_endpoint_url)
+    if is_s3_uri(config.output_dir):  # uploads are staged beside the prefix
+        check_writable(config.output_dir, config.s3_endpoint_url, inside=False)
+    if is_s3_uri(config.checkpoint_dir):  # checkpoints are written under it
+        check_writable(config.checkpoint_dir, config.s3_endpoint_url, inside=True)
+    if config.tracks_mlflow:
+        from finlora.tracking import check_server_answers, tracking_uri
+
+        check_server_answers(tracking_uri(config))
 
 
 @contextlib.contextmanager

@@ -150,7 +150,7 @@ def _client_error(exc: ClientError, uri: str, action: str, s3) -> FinloraError:
     if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
         return FinloraError(
             f"access denied to {action} {uri}; the credentials in use need s3:GetObject/"
-            "s3:PutObject/s3:ListBucket on that bucket"
+            "s3:PutObject/s3:DeleteObject/s3:ListBucket on that bucket"
         )
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
         return FinloraError(f"AWS credentials rejected ({code}) to {action} {uri}; refresh them")
@@ -274,15 +274,18 @@ def upload_dir(
     return total
 
 
-def check_writable(uri: str, endpoint_url: str | None = None) -> None:
-    """Before a long job: credentials, endpoint and bucket all let us write under `uri`.
+def check_writable(uri: str, endpoint_url: str | None = None, inside: bool = False) -> None:
+    """Before a long job: credentials, endpoint and bucket all let us write (and delete)
+    where the job will, under the prefix `uri` (`inside`) or beside it.
 
-    A marker is put and deleted beside the prefix, where `upload_dir` stages its files, so
-    the check covers write permission (head_bucket would not) and never touches the target.
+    An empty marker is put and deleted, so the check covers permissions (head_bucket would
+    not) and never touches an existing object.
     """
     parsed = S3Uri.parse(uri)
     s3 = client(endpoint_url, probe=True)
-    key = f"{parsed.prefix.rstrip('/')}.write-check-{uuid.uuid4().hex[:12]}"
+    marker = f".write-check-{uuid.uuid4().hex[:12]}"
+    prefix = parsed.prefix.rstrip("/")
+    key = f"{prefix}/{marker}" if inside else f"{prefix}{marker}"
     with explained(uri, "write to", s3):
         s3.put_object(Bucket=parsed.bucket, Key=key, Body=b"")
         s3.delete_object(Bucket=parsed.bucket, Key=key)

@@ -44,7 +44,7 @@ from finlora.evaluation import apply_thresholds
 from finlora.predictor import (
     OnnxRunner,
     Predictor,
-    load_classifier,
+    load_trained_classifier,
     saved_max_length,
     saved_thresholds,
 )
@@ -215,7 +215,7 @@ def export_onnx(
 def load_merged(model_dir: Path):
     """The merged transformers model (eager attention: the graph ONNX Runtime fuses)."""
     try:
-        model = load_classifier(model_dir, attn_implementation="eager")
+        model = load_trained_classifier(model_dir, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except OSError as exc:
         raise FinloraError(f"cannot load the model in {model_dir}: {exc}") from exc

@@ -351,11 +351,15 @@ def run(overrides: dict[str, Any]) -> None:
 
 def check_port_free(host: str, port: int) -> None:
     """Fail with one line when the address is taken, instead of uvicorn's log and exit 3."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-            probe.bind(address)
+    try:  # every address the host resolves to, as asyncio's create_server binds them all
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
     except OSError as exc:
         raise FinloraError(
             f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host"
