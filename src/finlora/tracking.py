@@ -196,7 +196,6 @@ def mlflow_run(
         raise FinloraError("--mlflow needs MLflow: pip install 'finlora[cloud]'") from exc
 
     uri = tracking_uri(config)
-    check_server_answers(uri)
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.set_experiment(config.experiment_name)
