@@ -12,13 +12,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finlora.cli import main
 from finlora.config import TrainConfig
-from finlora.training import (
-    cpu_supports_bf16,
-    epoch_history,
-    precision_policy,
-    report_truncation,
-    single_class_warning,
-)
+from finlora.machine import cpu_supports_bf16, precision_policy
+from finlora.run_artifacts import single_class_warning
+from finlora.training import epoch_history, report_truncation
 
 EXPECTED_LORA_FILES = {
     "README.md",

@@ -99,8 +99,8 @@ class PushCheckpoints(TrainerCallback):
         self.endpoint_url = endpoint_url
 
     def on_save(self, args, state, control, **kwargs):
+        from finlora.checkpoints import CHECKPOINT_RUN
         from finlora.cloud import s3
-        from finlora.training import CHECKPOINT_RUN
 
         name = f"checkpoint-{state.global_step}"
         s3.upload_dir(self.local_dir / name, str(self.uri.child(name)), self.endpoint_url)
@@ -114,8 +114,8 @@ class PushCheckpoints(TrainerCallback):
 
 def pull_checkpoints(uri: str, local_dir: Path, endpoint_url: str | None) -> None:
     """Download the complete checkpoints (and the run fingerprint) kept under an S3 prefix."""
+    from finlora.checkpoints import CHECKPOINT_RUN
     from finlora.cloud import s3
-    from finlora.training import CHECKPOINT_RUN
 
     base = S3Uri.parse(uri)
     for name in s3.subdirs(uri, endpoint_url, complete_only=True):
