@@ -16,12 +16,12 @@ from torch import nn
 
 from finlora.artifacts import (
     ADAPTER_DIR,
+    MODEL_CARD,
     RESOLVED_CONFIG,
     RESULTS,
     THRESHOLDS,
     TRAINING_ARGS,
     write_json,
-    write_model_card,
 )
 from finlora.config import TrainConfig, save_config
 from finlora.data import PreparedData
@@ -36,6 +36,18 @@ from finlora.evaluation import (
 from finlora.machine import device_name, library_versions, peak_memory_mb
 from finlora.modeling import merge_adapter, to_cpu_fp32
 from finlora.predictor import Predictor
+from finlora.results import (
+    DataReport,
+    Distributed,
+    EpochRecord,
+    FinalResults,
+    LossReport,
+    Refit,
+    SingleLabelMetrics,
+    SplitMetrics,
+    TokenLengths,
+    decode,
+)
 
 if TYPE_CHECKING:
     from finlora.training import Fit
@@ -103,7 +115,7 @@ def write_artifacts(
     selected: Fit,
     refit: Fit | None = None,
     selection: Selection | None = None,
-) -> dict:
+) -> FinalResults:
     """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report.
 
     The model saved is the refit one when there is one, and `selection` then holds the
@@ -132,42 +144,45 @@ def write_artifacts(
     warning = None if data.multi_label else single_class_warning(selection.validation, config)
     if warning:
         log.warning(warning)
-    results = {
-        "task": data.problem_type,
-        "labels": data.labels,
-        "base_model": config.model_name,
-        "strategy": "lora" if config.use_lora else "full",
-        "pooling": config.pooling,
-        "test": test,
-        "validation": selection.validation,
-        "best_epoch": selected.best_epoch,
-        "history": selected.history,
-        **final.params,
-        "train_seconds": round(selected.seconds + (refit.seconds if refit else 0.0), 2),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
-        "device": device_name(),
-        "distributed": final.layout,
-        "precision": precision,
-        "seed": config.seed,
-        "loss": {
-            "name": final.loss_name,
-            "pos_weight" if data.multi_label else "class_weights": final.weights,
-            "focal_gamma": config.focal_gamma,
-        },
-        "data": data.info,
-        "train_token_lengths": final.train_token_lengths,
-        "warnings": [warning] if warning else [],
-        "versions": library_versions(),
-    }
+    results = FinalResults(
+        task=data.problem_type,
+        labels=data.labels,
+        base_model=config.model_name,
+        strategy="lora" if config.use_lora else "full",
+        pooling=config.pooling,
+        test=metrics_block(test),
+        validation=metrics_block(selection.validation),
+        best_epoch=selected.best_epoch,
+        history=[EpochRecord.from_dict(row) for row in selected.history],
+        trainable_params=final.params["trainable_params"],
+        total_params=final.params["total_params"],
+        trainable_fraction=final.params["trainable_fraction"],
+        train_seconds=round(selected.seconds + (refit.seconds if refit else 0.0), 2),
+        peak_memory_mb=round(peak_memory_mb(), 1),
+        device=device_name(),
+        distributed=Distributed.from_dict(final.layout),
+        precision=precision,
+        seed=config.seed,
+        loss=LossReport(
+            name=final.loss_name,
+            weights=final.weights,
+            focal_gamma=config.focal_gamma,
+            multi_label=data.multi_label,
+        ),
+        data=DataReport.from_dict(data.info),
+        train_token_lengths=TokenLengths.from_dict(final.train_token_lengths),
+        warnings=[warning] if warning else [],
+        versions=library_versions(),
+    )
     if refit:
-        results["refit"] = {
-            "epochs": refit.args.num_train_epochs,
-            "train_rows": refit.train_rows,
-            "train_seconds": round(refit.seconds, 2),
+        results.refit = Refit(
+            epochs=refit.args.num_train_epochs,
+            train_rows=refit.train_rows,
+            train_seconds=round(refit.seconds, 2),
             # The choice to refit was made before either model was tested.
-            "selected_model_test": selection.test,
-        }
-    write_json(staging / RESULTS, results)
+            selected_model_test=metrics_block(selection.test),
+        )
+    write_json(staging / RESULTS, results.to_dict())
     write_model_card(staging, results)
     return results
 
@@ -206,3 +221,46 @@ def write_thresholds(staging: Path, thresholds: list[float], data: PreparedData)
         },
     )
     log.info("thresholds: %s", {k: round(v, 3) for k, v in zip(data.labels, thresholds)})
+
+
+def metrics_block(block: dict | None) -> SplitMetrics | None:
+    """A `test` / `validation` block of `finlora.evaluation`, typed."""
+    return decode(SplitMetrics, block)
+
+
+def write_model_card(path: Path, results: FinalResults) -> None:
+    """README.md beside the model: what it is, how it scored, how to load it."""
+    test = results.test
+    lines = [
+        f"# finlora classifier: {', '.join(results.labels)}",
+        "",
+        f"- base model: `{results.base_model}` ({results.strategy}, {results.pooling} pooling)",
+        f"- trainable parameters: {results.trainable_params:,} of "
+        f"{results.total_params:,} ({100 * results.trainable_fraction:.2f}%)",
+        f"- data: `{results.data.source}`",
+    ]
+    if isinstance(test, SingleLabelMetrics):
+        lines.append(
+            f"- test macro-F1 {test.macro_f1:.4f}, accuracy {test.accuracy:.4f} (n={test.size})"
+        )
+    elif test:
+        lines.append(
+            f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
+            f"{test.macro_f1:.4f}, micro-F1 {test.micro_f1:.4f} (n={test.size})"
+        )
+    refit = results.refit
+    if refit:
+        lines.append(
+            f"- refit: trained {refit.epochs:g} epochs (the epoch chosen on validation) on "
+            f"the {refit.train_rows} training + validation rows"
+        )
+    # save_pretrained copies mean_pooling.py, the mean-pooling head's class, beside the weights.
+    remote_code = ", trust_remote_code=True" if results.pooling == "mean" else ""
+    lines += [
+        "",
+        "Load with plain transformers: "
+        f"`AutoModelForSequenceClassification.from_pretrained(this_dir{remote_code})`, "
+        "or `finlora predict --model this_dir TEXT`.",
+        "",
+    ]
+    (path / MODEL_CARD).write_text("\n".join(lines), encoding="utf-8")

@@ -61,6 +61,7 @@ from finlora.modeling import (
     load_tokenizer,
     log_parameter_report,
 )
+from finlora.results import FinalResults
 from finlora.run_artifacts import assess_selected, cpu_predictor, write_artifacts
 
 log = logging.getLogger(__name__)
@@ -404,14 +405,14 @@ def train(
     output_dir: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> dict | None:
+) -> FinalResults | None:
     """Train, select on validation macro-F1, test, and write the artifacts atomically.
 
     With `config.refit`, the selected run only chooses the number of epochs (and the
     multi-label thresholds); a second model then trains that many epochs on training plus
     validation rows, and that model is tested and saved.
 
-    Returns the `final_results.json` payload; under a distributed launcher only rank 0
+    Returns what `final_results.json` holds, typed; under a distributed launcher only rank 0
     writes artifacts and gets it, the other ranks return None. `output_dir` and
     `checkpoint_dir` (local paths) override the config's, for callers that stage remote
     locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
