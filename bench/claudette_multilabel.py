@@ -63,30 +63,30 @@ def main() -> None:
         if run_baseline
         else train(config, data)
     )
-    groups = results["data"]["groups"]
+    groups = results.data.groups
     print(f"\nclaudette_tos, split by document: train {len(groups['train'])} docs "
           f"({len(data.train)} sentences), "
           f"validation {len(groups['validation'])}, test {len(groups['test'])} "
           f"({', '.join(groups['test'])})")  # fmt: skip
     selected = (
-        f"C={results['C']:g} picked on validation"
+        f"C={results.C:g} picked on validation"
         if run_baseline
-        else f"{results['precision']}, best epoch {results['best_epoch']}"
+        else f"{results.precision}, best epoch {results.best_epoch}"
     )
-    print(f"{results['strategy']} on {results['base_model']}, {selected}, "
-          f"{results['train_seconds']:.0f} s training, {results['device']}")  # fmt: skip
+    print(f"{results.strategy} on {results.base_model}, {selected}, "
+          f"{results.train_seconds:.0f} s training, {results.device}")  # fmt: skip
     for split in ("validation", "test"):
-        block = results[split]
-        print(f"{split:<11} micro-F1 {block['micro_f1']:.4f}  macro-F1 {block['macro_f1']:.4f}  "
-              f"LexGLUE-style micro {block['lexglue']['micro_f1']:.4f} / macro "
-              f"{block['lexglue']['macro_f1']:.4f}  (n={block['size']})")  # fmt: skip
+        block = getattr(results, split)
+        print(f"{split:<11} micro-F1 {block.micro_f1:.4f}  macro-F1 {block.macro_f1:.4f}  "
+              f"LexGLUE-style micro {block.lexglue.micro_f1:.4f} / macro "
+              f"{block.lexglue.macro_f1:.4f}  (n={block.size})")  # fmt: skip
     print(f"{'label':<6}{'P':>8}{'R':>8}{'F1':>8}{'support':>9}{'threshold':>11}")
-    test = results["test"]
-    for name, row in test["per_label"].items():
-        print(f"{name:<6}{row['precision']:>8.3f}{row['recall']:>8.3f}{row['f1']:>8.3f}"
-              f"{row['support']:>9}{test['thresholds'][name]:>11.3f}")  # fmt: skip
-    zero = [name for name, row in test["per_label"].items() if row["f1"] == 0]
-    print(f"goal macro-F1 >= 0.80: {'met' if test['macro_f1'] >= 0.80 else 'NOT met'}; "
+    test = results.test
+    for name, row in test.per_label.items():
+        print(f"{name:<6}{row.precision:>8.3f}{row.recall:>8.3f}{row.f1:>8.3f}"
+              f"{row.support:>9}{test.thresholds[name]:>11.3f}")  # fmt: skip
+    zero = [name for name, row in test.per_label.items() if row.f1 == 0]
+    print(f"goal macro-F1 >= 0.80: {'met' if test.macro_f1 >= 0.80 else 'NOT met'}; "
           f"labels at zero F1: {', '.join(zero) or 'none'}")  # fmt: skip
 
 

@@ -104,15 +104,15 @@ def main() -> None:
 
 def mlflow_logging_seconds(tmp: Path) -> float:
     """Start a run, log params/tags, then results, artifacts and the pyfunc model."""
-    from finlora.artifacts import read_json
+    from finlora.results import load_results
     from finlora.tracking import mlflow_run
 
     output = tmp / "local"
-    results = read_json(output / "final_results.json")
+    results = load_results(output)
     config = TrainConfig(mlflow=True, tracking_uri=f"sqlite:///{tmp / 'steps.db'}")
     started = time.perf_counter()
     with mlflow_run(config) as tracker:
-        tracker.log_start(config, results["data"])
+        tracker.log_start(config, results.data.to_dict())
         tracker.log_results(config, results, output)
     return time.perf_counter() - started
 

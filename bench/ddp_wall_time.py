@@ -10,7 +10,6 @@ training-loop seconds and the test macro-F1. Modes run interleaved to spread loa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from finlora.results import load_results
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -53,8 +54,8 @@ def run(mode: str, config: str, epochs: str | None, batch_size: int, out: Path) 
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
-    results = json.loads((out / "final_results.json").read_text())
-    global_batch = results["distributed"]["global_batch_size"]
+    results = load_results(out)
+    global_batch = results.distributed.global_batch_size
     epochs_run = yaml.safe_load((out / "finlora_config.yaml").read_text())["epochs"]
     return {
         "mode": mode,
@@ -62,12 +63,10 @@ def run(mode: str, config: str, epochs: str | None, batch_size: int, out: Path) 
         "cpu_s": round(children_cpu_seconds() - cpu_before, 1),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
-        "train_loop_s": results["train_seconds"],
+        "train_loop_s": results.train_seconds,
         "global_batch": global_batch,
-        "steps": math.ceil(
-            epochs_run * math.ceil(results["data"]["sizes"]["train"] / global_batch)
-        ),
-        "test_macro_f1": round(results["test"]["macro_f1"], 4),
+        "steps": math.ceil(epochs_run * math.ceil(results.data.sizes["train"] / global_batch)),
+        "test_macro_f1": round(results.test.macro_f1, 4),
     }
 
 

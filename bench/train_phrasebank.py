@@ -40,14 +40,14 @@ def run_once(recipe: str, seed: int, overrides: dict[str, str], output_dir: str)
     results = train(config)
     return {
         "seed": seed,
-        "macro_f1": results["test"]["macro_f1"],
-        "accuracy": results["test"]["accuracy"],
-        "validation_macro_f1": results["validation"]["macro_f1"],
-        "best_epoch": results["best_epoch"],
-        "trainable_pct": 100.0 * results["trainable_fraction"],
-        "train_seconds": results["train_seconds"],
-        "peak_memory_mb": results["peak_memory_mb"],
-        "precision": results["precision"],
+        "macro_f1": results.test.macro_f1,
+        "accuracy": results.test.accuracy,
+        "validation_macro_f1": results.validation.macro_f1,
+        "best_epoch": results.best_epoch,
+        "trainable_pct": 100.0 * results.trainable_fraction,
+        "train_seconds": results.train_seconds,
+        "peak_memory_mb": results.peak_memory_mb,
+        "precision": results.precision,
         "load_1min": (load_before, os.getloadavg()[0]),
     }
 

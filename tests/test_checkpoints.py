@@ -14,12 +14,12 @@ import pytest
 from processes import stop_once_training
 from servers import FAKE_AWS, moto
 
+from finlora.checkpoints import CHECKPOINT_COMPLETE, resume_point, run_fingerprint
 from finlora.cli import main
 from finlora.cloud import s3
 from finlora.config import TrainConfig
 from finlora.data import prepare_data
 from finlora.errors import FinloraError
-from finlora.training import CHECKPOINT_COMPLETE, resume_point, run_fingerprint
 
 ARGS = ["--epochs", "3", "--max_length", "32", "--batch_size", "32", "--learning_rate", "0.001",
         "--no_lora", "--seed", "7"]  # fmt: skip

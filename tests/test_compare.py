@@ -19,6 +19,7 @@ from finlora.config import CompareConfig, ProfileConfig, TrainConfig
 from finlora.data import prepare_data, prepare_folds
 from finlora.errors import FinloraError
 from finlora.evaluation import classification_report
+from finlora.results import load_results, validate_results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_TRAINING = ["epochs=1", "batch_size=32", "max_length=48", "bf16=false"]
@@ -65,6 +66,8 @@ def single(tmp_path_factory, tiny_model_dir, phrasebank_slice):
 def test_every_strategy_trains_on_the_same_split(single):
     _, _, out = single
     runs = {s: results(out, f"{s}-seed42") for s in ("full", "lora", "baseline")}
+    for run in runs.values():
+        validate_results(run)  # transformer and baseline variants of the schema
     fingerprints = {s: r["data"]["split_sha256"] for s, r in runs.items()}
     assert fingerprints["full"] == fingerprints["lora"] == fingerprints["baseline"]
     assert len(set(fingerprints["full"].values())) == 3  # train, validation, test differ
@@ -196,12 +199,13 @@ def test_baseline_runs_once_per_split_and_transformers_once_per_seed(
 def test_baseline_is_a_real_model(tmp_path, phrasebank_allagree):
     data = prepare_data(TrainConfig(data=str(phrasebank_allagree)))
     run = train_baseline(data, tmp_path / "baseline")
-    assert run["test"]["accuracy"] > 0.8 and run["test"]["macro_f1"] > 0.75  # chance: ~0.33
+    assert run.test.accuracy > 0.8 and run.test.macro_f1 > 0.75  # chance: ~0.33
+    assert load_results(tmp_path / "baseline") == run
     loaded = BaselineModel.load(tmp_path / "baseline")
     again = classification_report(
         data.label_ids("test"), loaded.predict_ids(data.test["text"]), data.labels
     )
-    assert again["confusion_matrix"] == run["test"]["confusion_matrix"]
+    assert again["confusion_matrix"] == run.test.confusion_matrix
 
 
 def test_group_folds_keep_each_document_in_one_place(claudette_dir):
@@ -226,14 +230,14 @@ def test_group_folds_keep_each_document_in_one_place(claudette_dir):
 def test_multilabel_baseline_is_a_real_model(tmp_path, claudette_dir):
     data = prepare_data(TrainConfig(data=str(claudette_dir), validation_size=0.15, test_size=0.2))
     run = train_baseline(data, tmp_path / "baseline")
-    assert run["task"] == "multi_label"
+    assert run.task == "multi_label" and load_results(tmp_path / "baseline") == run
     # flagging every sentence scores 0.06 macro-F1; a linear model on words, about 0.69
-    assert run["test"]["macro_f1"] > 0.6 and not run["test"]["never_predicted"]
-    thresholds = list(run["test"]["thresholds"].values())
+    assert run.test.macro_f1 > 0.6 and not run.test.never_predicted
+    thresholds = list(run.test.thresholds.values())
     assert len(set(thresholds)) == len(thresholds) and 0 < min(thresholds) < max(thresholds) < 1
     loaded = BaselineModel.load(tmp_path / "baseline")
     decisions = loaded.predict_label_matrix(data.test["text"])
-    assert decisions.sum(0).tolist() == list(run["test"]["prediction_distribution"].values())
+    assert decisions.sum(0).tolist() == list(run.test.prediction_distribution.values())
 
 
 def test_baseline_keeps_a_label_without_training_positives(tmp_path):
@@ -255,8 +259,8 @@ def test_baseline_keeps_a_label_without_training_positives(tmp_path):
                          test_data=write("test.jsonl", held_out))  # fmt: skip
     run = train_baseline(prepare_data(config), tmp_path / "baseline")
     # A was never seen in training: it is never predicted, though validation has a positive
-    assert run["test"]["prediction_distribution"]["A"] == 0
-    assert run["test"]["thresholds"]["A"] == 0.5
+    assert run.test.prediction_distribution["A"] == 0
+    assert run.test.thresholds["A"] == 0.5
     loaded = BaselineModel.load(tmp_path / "baseline")
     decisions = loaded.predict_label_matrix([t for t, _ in held_out])
     assert decisions[:, 2].sum() == 0 and decisions[1, 0] == 1 and decisions[2, 1] == 1

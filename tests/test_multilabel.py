@@ -12,6 +12,7 @@ from transformers import AutoConfig
 
 from finlora.cli import main
 from finlora.predictor import Predictor
+from finlora.results import validate_results
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def run(multilabel_run):
 
 def test_artifacts_of_a_multilabel_run(run, claudette_slice):
     results = json.loads((run / "final_results.json").read_text())
+    validate_results(results)  # the shipped JSON Schema, multi-label variant
     labels = ["A", "CH", "CR", "J", "LAW", "LTD", "TER", "USE"]
     assert results["task"] == "multi_label" and results["labels"] == labels
     assert AutoConfig.from_pretrained(run).problem_type == "multi_label_classification"
@@ -161,6 +163,7 @@ def test_refit_keeps_the_thresholds_tuned_on_the_selected_model(
     assert main(command) == 0
     out = tmp_path / "refit"
     results = json.loads((out / "final_results.json").read_text())
+    validate_results(results)  # a multi-label refit: its selected_model_test block, too
     assert json.loads((out / "thresholds.json").read_text()) == json.loads(
         (run / "thresholds.json").read_text()
     )

@@ -12,13 +12,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finlora.cli import main
 from finlora.config import TrainConfig
-from finlora.training import (
-    cpu_supports_bf16,
-    epoch_history,
-    precision_policy,
-    report_truncation,
-    single_class_warning,
-)
+from finlora.machine import cpu_supports_bf16, precision_policy
+from finlora.results import SCHEMA_VERSION, load_results, validate_results
+from finlora.run_artifacts import single_class_warning
+from finlora.training import epoch_history, report_truncation
 
 EXPECTED_LORA_FILES = {
     "README.md",
@@ -75,6 +72,9 @@ def test_artifact_file_set_is_exact(lora_run):
 
 def test_final_results_schema(lora_run):
     results = json.loads((lora_run / "final_results.json").read_text())
+    validate_results(results)  # the shipped JSON Schema
+    assert results["schema_version"] == SCHEMA_VERSION
+    assert load_results(lora_run).to_dict() == results  # the typed definition holds it all
     test = results["test"]
     for key in ("macro_f1", "accuracy", "weighted_f1", "per_class", "confusion_matrix",
                 "prediction_distribution"):  # fmt: skip
@@ -307,6 +307,7 @@ def test_refit_trains_the_selected_epoch_count_on_training_and_validation_rows(
     assert results["data"] == plain["data"]  # the split, as `compare` checks it on reruns
     assert refit["selected_model_test"] == plain["test"]
     assert files(out) == EXPECTED_LORA_FILES
+    assert load_results(out).refit.train_rows == refit["train_rows"]  # valid, typed
 
     shipped = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
     selected = AutoModelForSequenceClassification.from_pretrained(lora_run).state_dict()

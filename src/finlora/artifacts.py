@@ -13,6 +13,8 @@ Layout of a finished run (no pickles anywhere)::
     training_args.json                    the Hugging Face TrainingArguments, as JSON
     finlora_config.yaml                   the resolved finlora settings of this run
     final_results.json                    test/validation metrics, data report, run facts
+                                          (typed in finlora.results, JSON Schema in
+                                          finlora/schemas/final_results.schema.json)
     thresholds.json                       multi-label only: per-label decision thresholds
     README.md                             a model card with the headline numbers
     onnx/                                 ONNX export (`finlora export`), optional
@@ -149,50 +151,6 @@ def require_model_dir(path: str | Path) -> Path:
     if not any(path.glob("*.safetensors")):
         raise FinloraError(f"{path} holds no model weights (*.safetensors)")
     return path
-
-
-def read_results(model_dir: str | Path) -> dict | None:
-    path = Path(model_dir) / RESULTS
-    return read_json(path) if path.is_file() else None
-
-
-def write_model_card(path: Path, results: dict) -> None:
-    test = results.get("test") or {}
-    lines = [
-        f"# finlora classifier: {', '.join(results['labels'])}",
-        "",
-        f"- base model: `{results['base_model']}` ({results['strategy']}, "
-        f"{results['pooling']} pooling)",
-        f"- trainable parameters: {results['trainable_params']:,} of "
-        f"{results['total_params']:,} ({100 * results['trainable_fraction']:.2f}%)",
-        f"- data: `{results['data']['source']}`",
-    ]
-    if test and "accuracy" in test:
-        lines.append(
-            f"- test macro-F1 {test['macro_f1']:.4f}, accuracy {test['accuracy']:.4f} "
-            f"(n={test['size']})"
-        )
-    elif test:
-        lines.append(
-            f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
-            f"{test['macro_f1']:.4f}, micro-F1 {test['micro_f1']:.4f} (n={test['size']})"
-        )
-    refit = results.get("refit")
-    if refit:
-        lines.append(
-            f"- refit: trained {refit['epochs']:g} epochs (the epoch chosen on validation) on "
-            f"the {refit['train_rows']} training + validation rows"
-        )
-    # save_pretrained copies mean_pooling.py, the mean-pooling head's class, beside the weights.
-    remote_code = ", trust_remote_code=True" if results["pooling"] == "mean" else ""
-    lines += [
-        "",
-        "Load with plain transformers: "
-        f"`AutoModelForSequenceClassification.from_pretrained(this_dir{remote_code})`, "
-        "or `finlora predict --model this_dir TEXT`.",
-        "",
-    ]
-    (path / MODEL_CARD).write_text("\n".join(lines), encoding="utf-8")
 
 
 def check_output_dir(target: str | Path) -> None:

@@ -36,6 +36,14 @@ from finlora.evaluation import (
     multilabel_report,
     tune_thresholds,
 )
+from finlora.results import (
+    BASELINE,
+    BaselineChoice,
+    DataReport,
+    FinalResults,
+    SplitMetrics,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +202,7 @@ def _split_report(model: BaselineModel, data: PreparedData, split: str) -> dict:
     return classification_report(data.label_ids(split), model.predict_ids(texts), data.labels)
 
 
-def train_baseline(data: PreparedData, output_dir: str | Path, seed: int = 42) -> dict:
+def train_baseline(data: PreparedData, output_dir: str | Path, seed: int = 42) -> FinalResults:
     """Fit on train, pick C on validation macro-F1, test, write the run directory atomically.
 
     `seed` is only recorded (the compare run's seed): the fit itself is deterministic.
@@ -235,32 +243,32 @@ def train_baseline(data: PreparedData, output_dir: str | Path, seed: int = 42) -
         formatter = format_multilabel_report if data.multi_label else format_report
         log.info("\n%s", formatter(test, "baseline test"))
     params = model.parameter_count
-    results = {
-        "task": data.problem_type,
-        "labels": data.labels,
-        "base_model": "tfidf-logreg",
-        "strategy": "baseline",
-        "test": test,
-        "validation": validation,
-        "selection": selection,
-        "C": model.C,
-        "features": len(model.vectorizer.vocabulary_),
-        "history": [],
-        "trainable_params": params,
-        "total_params": params,
-        "trainable_fraction": 1.0,
-        "train_seconds": round(train_seconds, 2),
-        "peak_memory_mb": round(peak_rss_mb(), 1),
-        "device": f"cpu ({platform.processor() or platform.machine()})",
-        "seed": seed,
-        "data": data.info,
-        "versions": {
+    results = FinalResults(
+        task=data.problem_type,
+        labels=data.labels,
+        base_model="tfidf-logreg",
+        strategy=BASELINE,
+        test=decode(SplitMetrics, test),
+        validation=decode(SplitMetrics, validation),
+        selection=[BaselineChoice.from_dict(choice) for choice in selection],
+        C=model.C,
+        features=len(model.vectorizer.vocabulary_),
+        history=[],
+        trainable_params=params,
+        total_params=params,
+        trainable_fraction=1.0,
+        train_seconds=round(train_seconds, 2),
+        peak_memory_mb=round(peak_rss_mb(), 1),
+        device=f"cpu ({platform.processor() or platform.machine()})",
+        seed=seed,
+        data=DataReport.from_dict(data.info),
+        versions={
             "finlora": __version__,
             "python": platform.python_version(),
             "scikit-learn": sklearn.__version__,
         },
-    }
+    )
     with atomic_output_dir(output_dir) as staging:
         model.save(staging)
-        write_json(staging / RESULTS, results)
+        write_json(staging / RESULTS, results.to_dict())
     return results

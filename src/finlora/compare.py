@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from finlora.artifacts import RESULTS, read_json, read_results, write_json
+from finlora.artifacts import RESULTS, read_json, write_json
 from finlora.config import (
     SHARED_KEYS,
     CompareConfig,
@@ -45,6 +45,12 @@ from finlora.errors import (
     stops_held,
 )
 from finlora.logs import configure_logging
+from finlora.results import (
+    MultiLabelMetrics,
+    SingleLabelMetrics,
+    load_results,
+    read_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +147,7 @@ def check_same_split(unit: RunUnit, data: PreparedData) -> None:
     results = read_results(unit.directory)
     if results is None:
         return
-    if results["data"].get("split_sha256") != data.info["split_sha256"]:
+    if results.data.split_sha256 != data.info["split_sha256"]:
         raise FinloraError(
             f"{unit.directory} was trained on a different split (other data or settings); "
             "use a new --output_dir or delete that directory"
@@ -266,59 +272,62 @@ def bootstrap_macro_f1_ci(
 
 def run_record(unit: RunUnit, settings: CompareConfig) -> dict:
     """The per-run numbers of the report, read from the run's own files."""
-    results = read_json(unit.directory / RESULTS)
+    results = load_results(unit.directory / RESULTS)
     inference = read_json(unit.directory / INFERENCE)
-    test = results["test"]
+    test = results.test
     record = {
         "strategy": unit.strategy,
         "seed": unit.seed,
         "fold": unit.fold,
         "artifact_dir": str(unit.directory),
-        "macro_f1": test["macro_f1"],
-        **(multilabel_metrics(test) if "per_label" in test else single_label_metrics(test)),
-        "validation_macro_f1": results["validation"]["macro_f1"],
-        "trainable_params": results["trainable_params"],
-        "total_params": results["total_params"],
-        "trainable_percent": 100.0 * results["trainable_fraction"],
-        "train_seconds": results["train_seconds"],
-        "peak_memory_mb": results["peak_memory_mb"],
+        "macro_f1": test.macro_f1,
+        **(
+            multilabel_metrics(test)
+            if isinstance(test, MultiLabelMetrics)
+            else single_label_metrics(test)
+        ),
+        "validation_macro_f1": results.validation.macro_f1,
+        "trainable_params": results.trainable_params,
+        "total_params": results.total_params,
+        "trainable_percent": 100.0 * results.trainable_fraction,
+        "train_seconds": results.train_seconds,
+        "peak_memory_mb": results.peak_memory_mb,
         "inference_sentences_per_second": inference["sentences_per_second"],
-        "best_epoch": results.get("best_epoch"),
-        "history": results.get("history", []),
-        "test_size": test["size"],
-        "device": results.get("device"),
-        "precision": results.get("precision"),
-        "warnings": results.get("warnings", []),
+        "best_epoch": results.best_epoch,
+        "history": [row.to_dict() for row in results.history],
+        "test_size": test.size,
+        "device": results.device,
+        "precision": results.precision,
+        "warnings": results.warnings or [],
     }
-    if "confusion_matrix" in test:
+    if isinstance(test, SingleLabelMetrics):
         record["macro_f1_ci95"] = bootstrap_macro_f1_ci(
-            test["confusion_matrix"], settings.bootstrap, unit.seed
+            test.confusion_matrix, settings.bootstrap, unit.seed
         )
     return record
 
 
-def single_label_metrics(test: dict) -> dict:
+def single_label_metrics(test: SingleLabelMetrics) -> dict:
     return {
-        "accuracy": test["accuracy"],
-        "weighted_f1": test["weighted_f1"],
-        "per_class_f1": {name: row["f1"] for name, row in test["per_class"].items()},
-        "confusion_matrix": test["confusion_matrix"],
+        "accuracy": test.accuracy,
+        "weighted_f1": test.weighted_f1,
+        "per_class_f1": {name: row.f1 for name, row in test.per_class.items()},
+        "confusion_matrix": test.confusion_matrix,
     }
 
 
-def multilabel_metrics(test: dict) -> dict:
+def multilabel_metrics(test: MultiLabelMetrics) -> dict:
     """Multi-label: accuracy is exact-match (every label of the row right), F1s are per label."""
-    per_label = test["per_label"]
-    support = sum(row["support"] for row in per_label.values())
+    per_label = test.per_label
+    support = sum(row.support for row in per_label.values())
     return {
-        "micro_f1": test["micro_f1"],
-        "accuracy": test["subset_accuracy"],
-        "weighted_f1": sum(row["f1"] * row["support"] for row in per_label.values())
-        / max(support, 1),
-        "lexglue_micro_f1": test["lexglue"]["micro_f1"],
-        "lexglue_macro_f1": test["lexglue"]["macro_f1"],
-        "per_class_f1": {name: row["f1"] for name, row in per_label.items()},
-        "per_class_support": {name: row["support"] for name, row in per_label.items()},
+        "micro_f1": test.micro_f1,
+        "accuracy": test.subset_accuracy,
+        "weighted_f1": sum(row.f1 * row.support for row in per_label.values()) / max(support, 1),
+        "lexglue_micro_f1": test.lexglue.micro_f1,
+        "lexglue_macro_f1": test.lexglue.macro_f1,
+        "per_class_f1": {name: row.f1 for name, row in per_label.items()},
+        "per_class_support": {name: row.support for name, row in per_label.items()},
     }
 
 

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from finlora.artifacts import MODEL_CARD, RESOLVED_CONFIG, RESULTS
 from finlora.config import TrainConfig
 from finlora.errors import FinloraError
+from finlora.results import FinalResults, MultiLabelMetrics, SplitMetrics
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,21 @@ def config_params(config: TrainConfig) -> dict[str, str]:
     return params
 
 
-def metric_block(prefix: str, block: dict | None) -> dict[str, float]:
-    """`test_macro_f1`, `test_accuracy`, `test_weighted_f1`, `test_f1_<class>` from a report."""
+def metric_block(prefix: str, block: SplitMetrics | None) -> dict[str, float]:
+    """`test_macro_f1`, `test_accuracy`, `test_weighted_f1`, `test_f1_<class>` from a report;
+    multi-label: `test_macro_f1`, `test_micro_f1`, `test_subset_accuracy`, `test_f1_<label>`."""
     if not block:
         return {}
-    out = {f"{prefix}_{k}": block[k] for k in ("macro_f1", "accuracy", "weighted_f1")}
-    out.update({f"{prefix}_f1_{name}": row["f1"] for name, row in block["per_class"].items()})
+    if isinstance(block, MultiLabelMetrics):
+        scores = {"macro_f1": block.macro_f1, "micro_f1": block.micro_f1,
+                  "subset_accuracy": block.subset_accuracy}  # fmt: skip
+        rows = block.per_label
+    else:
+        scores = {"macro_f1": block.macro_f1, "accuracy": block.accuracy,
+                  "weighted_f1": block.weighted_f1}  # fmt: skip
+        rows = block.per_class
+    out = {f"{prefix}_{k}": v for k, v in scores.items()}
+    out.update({f"{prefix}_f1_{name}": row.f1 for name, row in rows.items()})
     return out
 
 
@@ -115,20 +125,20 @@ class MlflowTracker:
             tags["mlflow.source.git.commit"] = commit
         mlflow.set_tags(tags)
 
-    def log_results(self, config: TrainConfig, results: dict, output_dir: Path) -> str:
+    def log_results(self, config: TrainConfig, results: FinalResults, output_dir: Path) -> str:
         """Final metrics, artifacts, and the pyfunc model; returns the model's URI."""
         import mlflow
 
-        metrics = {**metric_block("test", results.get("test"))}
-        metrics.update(metric_block("final_validation", results.get("validation")))
+        metrics = {**metric_block("test", results.test)}
+        metrics.update(metric_block("final_validation", results.validation))
         metrics.update(
-            train_seconds=results["train_seconds"],
-            trainable_params=results["trainable_params"],
-            peak_memory_mb=results["peak_memory_mb"],
+            train_seconds=results.train_seconds,
+            trainable_params=results.trainable_params,
+            peak_memory_mb=results.peak_memory_mb,
         )
         mlflow.log_metrics(metrics, run_id=self.run_id)
-        if results.get("best_epoch") is not None:
-            mlflow.set_tag("best_epoch", str(results["best_epoch"]))
+        if results.best_epoch is not None:
+            mlflow.set_tag("best_epoch", str(results.best_epoch))
         for name in (
             RESULTS,
             RESOLVED_CONFIG,

@@ -1,23 +1,20 @@
-"""Training: the Trainer subclass (it only overrides `compute_loss`) and `train(config)`."""
+"""Training: the Trainer subclass (it only overrides `compute_loss`), the LoRA+ optimizer,
+`fit()` (one Trainer run) and `train(config)` (select, optionally refit, write).
+
+Machine and precision probes live in `finlora.machine`, checkpoint resume in
+`finlora.checkpoints`, and what a finished run writes in `finlora.run_artifacts`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import hashlib
-import json
 import logging
 import math
-import platform
-import resource
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from peft.optimizers import create_loraplus_optimizer
@@ -33,22 +30,16 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
-from finlora import __version__
-from finlora.artifacts import (
-    ADAPTER_DIR,
-    RESOLVED_CONFIG,
-    RESULTS,
-    THRESHOLDS,
-    TRAINING_ARGS,
-    atomic_output_dir,
-    check_output_dir,
-    write_json,
-    write_model_card,
+from finlora.artifacts import atomic_output_dir, check_output_dir
+from finlora.checkpoints import (
+    MarkCheckpointComplete,
+    checkpoint_space,
+    resume_point,
+    run_fingerprint,
 )
-from finlora.config import TrainConfig, save_config
+from finlora.config import TrainConfig
 from finlora.data import PreparedData, prepare_data
 from finlora.data.lengths import TRUNCATION_WARNING_SHARE, length_stats, token_lengths
 from finlora.distributed import (
@@ -57,18 +48,9 @@ from finlora.distributed import (
     ddp_backend,
     is_main_process,
 )
-from finlora.errors import FinloraError
-from finlora.evaluation import (
-    apply_thresholds,
-    classification_report,
-    format_multilabel_report,
-    format_report,
-    macro_f1_metrics,
-    multilabel_metrics,
-    multilabel_report,
-    tune_thresholds,
-)
+from finlora.evaluation import macro_f1_metrics, multilabel_metrics
 from finlora.losses import build_loss, class_weights, pos_weights, resolve_loss_name
+from finlora.machine import device_name, precision_policy
 from finlora.modeling import (
     apply_lora,
     check_max_length,
@@ -78,10 +60,9 @@ from finlora.modeling import (
     load_classifier,
     load_tokenizer,
     log_parameter_report,
-    merge_adapter,
-    to_cpu_fp32,
 )
-from finlora.predictor import Predictor
+from finlora.results import FinalResults
+from finlora.run_artifacts import assess_selected, cpu_predictor, write_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -161,55 +142,6 @@ class ProgressBar(ProgressCallback):
         pass
 
 
-def cpu_supports_bf16() -> bool:
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool(check and check())
-
-
-def precision_policy(fp16: bool, bf16: bool) -> str:
-    """Map the user's wishes to what this machine can do: 'fp16', 'bf16' or 'fp32'."""
-    cuda = torch.cuda.is_available()
-    if fp16:
-        if cuda:
-            return "fp16"
-        fallback = "bf16" if cpu_supports_bf16() else "fp32"
-        log.warning("--fp16 needs a CUDA GPU and none is available; using %s instead", fallback)
-        return fallback
-    if bf16:
-        if (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_supports_bf16()):
-            return "bf16"
-        log.warning("--bf16 is not supported on this device; training in fp32")
-    return "fp32"
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def peak_memory_mb() -> float:
-    """Peak GPU memory allocated on CUDA; otherwise the process's peak resident set size."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def library_versions() -> dict[str, str]:
-    import peft
-    import sklearn
-    import transformers
-
-    return {
-        "finlora": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
-
-
 def epoch_history(log_history: list[dict]) -> list[dict]:
     """Per-epoch train loss and validation metrics from the Trainer's log."""
     epochs: dict[float, dict] = {}
@@ -255,23 +187,6 @@ def report_truncation(
             covering,
         )
     return stats
-
-
-def single_class_warning(validation: dict, config: TrainConfig) -> str | None:
-    """A model that gives every validation text the same class has learned nothing: training
-    diverged or stalled (one LoRA+ run with A at 1e-3 did). Say so, with the fix, instead of
-    shipping it quietly."""
-    counts = validation["prediction_distribution"]
-    predicted = [name for name, count in counts.items() if count > 0]
-    if len(counts) < 2 or len(predicted) != 1:
-        return None
-    rates = f"--learning_rate (now {config.learning_rate:g})"
-    if config.use_lora and config.loraplus_lr_ratio > 0:
-        rates += f" or --loraplus_lr_ratio (now {config.loraplus_lr_ratio:g})"
-    return (
-        f"the trained model predicts '{predicted[0]}' for every validation text: training "
-        f"diverged or stalled; retrain with a lower {rates}, or another --seed"
-    )
 
 
 def loraplus_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer | None:
@@ -339,86 +254,6 @@ def training_arguments(
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-
-
-CHECKPOINT_COMPLETE = "finlora_checkpoint_complete"
-CHECKPOINT_RUN = "finlora_run.json"
-# Settings that say where things live or are reported, not what is trained.
-NOT_TRAINING_SETTINGS = {
-    "data", "validation_data", "test_data", "data_dir", "output_dir", "checkpoint_dir",
-    "use_s3", "s3_bucket", "s3_key", "s3_endpoint_url", "mlflow", "report_to", "tracking_uri",
-    "experiment_name", "run_name", "register_model",
-}  # fmt: skip
-
-
-class MarkCheckpointComplete(TrainerCallback):
-    """Mark a checkpoint complete once the Trainer has written all of it (and rotated)."""
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir():
-            (folder / CHECKPOINT_COMPLETE).write_text(f"{state.global_step}\n")
-
-
-def run_fingerprint(config: TrainConfig, data: PreparedData) -> str:
-    """What makes checkpoints reusable: the training settings and the data's content."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_TRAINING_SETTINGS}
-    hashes = {split: f.get("sha256") for split, f in data.info.get("files", {}).items()}
-    payload = json.dumps({"settings": settings, "data": hashes}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[1])
-
-
-def resume_point(checkpoint_dir: Path, fingerprint: str, tidy: bool = True) -> Path | None:
-    """The latest complete checkpoint of this same run, after removing half-written ones.
-
-    Only one process may `tidy` (delete, record, re-point); the other ranks of a distributed
-    run just read.
-    """
-    run_file = checkpoint_dir / CHECKPOINT_RUN
-    if run_file.is_file() and json.loads(run_file.read_text())["fingerprint"] != fingerprint:
-        raise FinloraError(
-            f"--checkpoint_dir {checkpoint_dir} holds checkpoints of a different run (other "
-            "settings or data); use an empty --checkpoint_dir or delete that one"
-        )
-    if tidy:
-        run_file.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-    complete = []
-    for folder in checkpoint_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if (folder / CHECKPOINT_COMPLETE).is_file():
-            complete.append(folder)
-        elif tidy:
-            log.warning("removing half-written checkpoint %s", folder)
-            shutil.rmtree(folder, ignore_errors=True)
-    if not complete:
-        return None
-    latest = max(complete, key=checkpoint_step)
-    # The best checkpoint is recorded as an absolute path; the directory may have moved
-    # (downloaded from S3, restored by SageMaker), so point it at this copy.
-    state_file = latest / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    if tidy and state.get("best_model_checkpoint"):
-        state["best_model_checkpoint"] = str(
-            checkpoint_dir / Path(state["best_model_checkpoint"]).name
-        )
-        state_file.write_text(json.dumps(state, indent=2))
-    log.info("resuming from %s (step %d)", latest, checkpoint_step(latest))
-    return latest
-
-
-@contextlib.contextmanager
-def checkpoint_space(checkpoint_dir: str | Path | None) -> Iterator[Path]:
-    """The given checkpoint directory (kept), or a temporary one for a non-resumable run."""
-    if checkpoint_dir is None:
-        with tempfile.TemporaryDirectory(prefix="finlora-checkpoints-") as tmp:
-            yield Path(tmp)
-        return
-    path = Path(checkpoint_dir).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
 
 
 @dataclass
@@ -552,43 +387,9 @@ def fit(
     )
 
 
-@dataclass
-class Selection:
-    """What the selected model scored on validation, and the thresholds tuned there.
-
-    Before a refit frees that model, its test report is kept too, so the refit's effect is
-    on record.
-    """
-
-    thresholds: list[float] | None
-    validation: dict | None
-    test: dict | None = None
-
-
-def assess_selected(predictor: Predictor, data: PreparedData, *, test: bool) -> Selection:
-    """Tune the multi-label thresholds on validation (setting them on `predictor`) and
-    report validation, and test if asked."""
-    validation_scores = None
-    if data.multi_label:  # scored once: the thresholds and the report both read these
-        validation_scores = predictor.probabilities(data.validation["text"])
-        predictor.thresholds = tune_thresholds(data.label_matrix("validation"), validation_scores)
-    return Selection(
-        predictor.thresholds if data.multi_label else None,
-        split_report(predictor, data, "validation", validation_scores),
-        split_report(predictor, data, "test") if test else None,
-    )
-
-
 def best_epoch(history: list[dict], best_metric: float | None) -> float | None:
     """The epoch whose validation macro-F1 (the Trainer's `best_metric`) was kept."""
     return next((r["epoch"] for r in history if r["macro_f1"] == best_metric), None)
-
-
-def cpu_predictor(model: nn.Module, tokenizer, config: TrainConfig) -> Predictor:
-    """The trained model, adapter merged, in fp32 on the CPU: what is saved and evaluated."""
-    return Predictor(
-        to_cpu_fp32(merge_adapter(model)), tokenizer, config.max_length, config.eval_batch_size
-    )
 
 
 def refit_data(data: PreparedData) -> PreparedData:
@@ -604,14 +405,14 @@ def train(
     output_dir: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> dict | None:
+) -> FinalResults | None:
     """Train, select on validation macro-F1, test, and write the artifacts atomically.
 
     With `config.refit`, the selected run only chooses the number of epochs (and the
     multi-label thresholds); a second model then trains that many epochs on training plus
     validation rows, and that model is tested and saved.
 
-    Returns the `final_results.json` payload; under a distributed launcher only rank 0
+    Returns what `final_results.json` holds, typed; under a distributed launcher only rank 0
     writes artifacts and gets it, the other ranks return None. `output_dir` and
     `checkpoint_dir` (local paths) override the config's, for callers that stage remote
     locations locally; `callbacks` are added to the Trainer's (e.g. tracking).
@@ -660,117 +461,3 @@ def train(
             )
     log.info("artifacts written to %s", output_dir)
     return results
-
-
-def write_artifacts(
-    staging: Path,
-    tokenizer,
-    config: TrainConfig,
-    data: PreparedData,
-    precision: str,
-    selected: Fit,
-    refit: Fit | None = None,
-    selection: Selection | None = None,
-) -> dict:
-    """Save adapter, merged model, tokenizer, settings; evaluate the merged model; report.
-
-    The model saved is the refit one when there is one, and `selection` then holds the
-    selected model's figures; validation figures (and the thresholds) are always the
-    selected model's, as the refit one has trained on validation.
-    """
-    final = refit or selected
-    if config.use_lora:
-        # In a subfolder: transformers applies an adapter_config.json it finds next to
-        # config.json on top of the (already merged) weights, which would apply LoRA twice.
-        final.model.save_pretrained(staging / ADAPTER_DIR)
-    predictor = cpu_predictor(final.model, tokenizer, config)
-    predictor.model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    write_json(staging / TRAINING_ARGS, final.args.to_dict())
-    save_config(config, staging / RESOLVED_CONFIG)
-
-    if selection is None:  # the model shipped is the selected one
-        selection = assess_selected(predictor, data, test=False)
-    if data.multi_label:
-        predictor.thresholds = selection.thresholds
-        write_thresholds(staging, selection.thresholds, data)
-    test = split_report(predictor, data, "test")
-    if test:
-        log.info("\n%s", (format_multilabel_report if data.multi_label else format_report)(test))
-    warning = None if data.multi_label else single_class_warning(selection.validation, config)
-    if warning:
-        log.warning(warning)
-    results = {
-        "task": data.problem_type,
-        "labels": data.labels,
-        "base_model": config.model_name,
-        "strategy": "lora" if config.use_lora else "full",
-        "pooling": config.pooling,
-        "test": test,
-        "validation": selection.validation,
-        "best_epoch": selected.best_epoch,
-        "history": selected.history,
-        **final.params,
-        "train_seconds": round(selected.seconds + (refit.seconds if refit else 0.0), 2),
-        "peak_memory_mb": round(peak_memory_mb(), 1),
-        "device": device_name(),
-        "distributed": final.layout,
-        "precision": precision,
-        "seed": config.seed,
-        "loss": {
-            "name": final.loss_name,
-            "pos_weight" if data.multi_label else "class_weights": final.weights,
-            "focal_gamma": config.focal_gamma,
-        },
-        "data": data.info,
-        "train_token_lengths": final.train_token_lengths,
-        "warnings": [warning] if warning else [],
-        "versions": library_versions(),
-    }
-    if refit:
-        results["refit"] = {
-            "epochs": refit.args.num_train_epochs,
-            "train_rows": refit.train_rows,
-            "train_seconds": round(refit.seconds, 2),
-            # The choice to refit was made before either model was tested.
-            "selected_model_test": selection.test,
-        }
-    write_json(staging / RESULTS, results)
-    write_model_card(staging, results)
-    return results
-
-
-def split_report(
-    predictor: Predictor, data: PreparedData, split: str, scores: np.ndarray | None = None
-) -> dict | None:
-    """The metrics block of one split (None for an empty test split); multi-label `scores`
-    already computed for it are reused."""
-    frame = getattr(data, split)
-    if frame.empty:
-        return None
-    if data.multi_label:
-        if scores is None:
-            scores = predictor.probabilities(frame["text"])
-        return multilabel_report(
-            data.label_matrix(split), apply_thresholds(scores, predictor.thresholds),
-            data.labels, predictor.thresholds,
-        )  # fmt: skip
-    return classification_report(
-        data.label_ids(split), predictor.predict_ids(frame["text"]), data.labels
-    )
-
-
-def write_thresholds(staging: Path, thresholds: list[float], data: PreparedData) -> None:
-    """The per-label thresholds beside the model, with the validation rows they came from."""
-    write_json(
-        staging / THRESHOLDS,
-        {
-            "labels": data.labels,
-            "thresholds": dict(zip(data.labels, thresholds)),
-            "tuned_on": "validation",
-            "validation_positives": dict(
-                zip(data.labels, data.label_matrix("validation").sum(axis=0).astype(int).tolist())
-            ),
-        },
-    )
-    log.info("thresholds: %s", {k: round(v, 3) for k, v in zip(data.labels, thresholds)})

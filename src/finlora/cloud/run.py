@@ -99,8 +99,8 @@ class PushCheckpoints(TrainerCallback):
         self.endpoint_url = endpoint_url
 
     def on_save(self, args, state, control, **kwargs):
+        from finlora.checkpoints import CHECKPOINT_RUN
         from finlora.cloud import s3
-        from finlora.training import CHECKPOINT_RUN
 
         name = f"checkpoint-{state.global_step}"
         s3.upload_dir(self.local_dir / name, str(self.uri.child(name)), self.endpoint_url)
@@ -114,8 +114,8 @@ class PushCheckpoints(TrainerCallback):
 
 def pull_checkpoints(uri: str, local_dir: Path, endpoint_url: str | None) -> None:
     """Download the complete checkpoints (and the run fingerprint) kept under an S3 prefix."""
+    from finlora.checkpoints import CHECKPOINT_RUN
     from finlora.cloud import s3
-    from finlora.training import CHECKPOINT_RUN
 
     base = S3Uri.parse(uri)
     for name in s3.subdirs(uri, endpoint_url, complete_only=True):
@@ -128,8 +128,9 @@ def pull_checkpoints(uri: str, local_dir: Path, endpoint_url: str | None) -> Non
 def run_train(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
     """Train wherever the config's locations point; returns the results and the final config.
 
-    Under a distributed launcher only rank 0 tracks, syncs checkpoints and publishes; the
-    other ranks get None as results.
+    The results are `final_results.json`'s content as a dict (`FinalResults.to_dict()`), plus
+    `mlflow` (run id, model URI) for a tracked run. Under a distributed launcher only rank 0
+    tracks, syncs checkpoints and publishes; the other ranks get None as results.
     """
     from finlora.distributed import is_main_process
     from finlora.training import train
@@ -175,13 +176,14 @@ def run_train(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
             )
             if results is None:
                 return None, config
+            payload = results.to_dict()
             if tracker is not None:
-                results["mlflow"] = {
+                payload["mlflow"] = {
                     "run_id": tracker.run_id,
                     "model_uri": tracker.log_results(config, results, output_dir),
                 }
         publish(output_dir, config, container)
-    return results, config
+    return payload, config
 
 
 def check_destinations(config: TrainConfig) -> None:

@@ -467,6 +467,6 @@ def export_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    from finlora.training import library_versions
+    from finlora.machine import library_versions
 
     return {**library_versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}

@@ -25,10 +25,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from finlora import __version__
-from finlora.artifacts import EXPORT_INFO, read_json, read_results, require_model_dir
+from finlora.artifacts import EXPORT_INFO, read_json, require_model_dir
 from finlora.documents import classify_document, window_size
 from finlora.errors import FinloraError
 from finlora.predictor import Predictor, find_onnx_dir
+from finlora.results import FinalResults, SingleLabelMetrics, SplitMetrics, read_results
 from finlora.serve.batching import MicroBatcher
 from finlora.serve.observability import (
     REQUEST_ID,
@@ -271,15 +272,35 @@ def validation_message(errors: list[dict]) -> str:
     return "; ".join(parts) + more
 
 
+def training_results(model_dir: Path) -> FinalResults | None:
+    """The model's final_results.json, if it has a readable one: serving does not need it, so
+    a file that fails its schema check is reported and left out of /v1/model."""
+    try:
+        return read_results(model_dir)
+    except FinloraError as exc:
+        log.warning("ignoring the training results: %s", exc)
+        return None
+
+
+def test_summary(test: SplitMetrics | None) -> dict | None:
+    """What /v1/model tells of the test scores: macro-F1, accuracy (single-label), size."""
+    if test is None:
+        return None
+    summary: dict[str, Any] = {"macro_f1": test.macro_f1}
+    if isinstance(test, SingleLabelMetrics):
+        summary["accuracy"] = test.accuracy
+    summary["size"] = test.size
+    return summary
+
+
 def describe_model(settings: ServeSettings, predictor: Predictor) -> dict:
     """What /v1/model reports: enough to tell which model and export is answering."""
     model_dir = Path(settings.model_dir)
     onnx_dir = find_onnx_dir(model_dir)
-    results = read_results(model_dir) or (
-        read_results(model_dir.parent) if onnx_dir == model_dir else None
+    results = training_results(model_dir) or (
+        training_results(model_dir.parent) if onnx_dir == model_dir else None
     )
     export = read_json(onnx_dir / EXPORT_INFO) if onnx_dir else None
-    test = (results or {}).get("test") or {}
     runner = predictor.runner
     return {
         "model_dir": str(model_dir.resolve()),
@@ -289,9 +310,9 @@ def describe_model(settings: ServeSettings, predictor: Predictor) -> dict:
         "threads": getattr(runner, "threads", None),
         "max_length": predictor.max_length,
         "max_batch": settings.max_batch,
-        "base_model": (results or {}).get("base_model"),
-        "strategy": (results or {}).get("strategy"),
-        "test": {k: test[k] for k in ("macro_f1", "accuracy", "size") if k in test} or None,
+        "base_model": results.base_model if results else None,
+        "strategy": results.strategy if results else None,
+        "test": test_summary(results.test if results else None),
         "export": (
             {
                 "opset": export["opset"],
