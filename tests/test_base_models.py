@@ -185,3 +185,30 @@ def test_installed_pieces_are_found_in_order():
     if pieces is None:
         pytest.skip(f"the all-mpnet-base-v2 pieces are not installed ({MPNET_INSTALL})")
     assert [p.name for p in pieces] == [f"all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6)]
+
+
+@pytest.mark.slow
+def test_real_all_mpnet_base_v2_trains_offline_under_one_percent(tmp_path, phrasebank_allagree):
+    """The real 110M model by its hub id, with no hub: a few steps on 48 PhraseBank lines."""
+    if availability(MPNET).state == "missing":
+        pytest.skip(f"all-mpnet-base-v2 is not installed ({MPNET_INSTALL})")
+    lines = phrasebank_allagree.read_text(encoding="iso-8859-1").splitlines()
+    picked = [
+        line
+        for label in ("negative", "neutral", "positive")
+        for line in [x for x in lines if x.endswith("@" + label)][:16]
+    ]
+    data = tmp_path / "slice.txt"
+    data.write_text("\n".join(picked) + "\n", encoding="iso-8859-1")
+    out = tmp_path / "run"
+    assert main([
+        "-q", "train", "--data", str(data), "--model_name", MPNET.hub_id, "--epochs", "1",
+        "--batch_size", "16", "--max_length", "32", "--validation_size", "0.25",
+        "--test_size", "0.25", "--output_dir", str(out),
+    ]) == 0  # fmt: skip
+    results = json.loads((out / "final_results.json").read_text())
+    assert 0 < results["trainable_params"] / results["total_params"] < 0.01
+    from finlora.predictor import Predictor
+
+    predictions = Predictor.load(out).predict(["Operating profit rose to EUR 9 mn ."])
+    assert predictions[0]["label"] in {"negative", "neutral", "positive"}
