@@ -100,7 +100,8 @@ def test_an_output_dir_where_no_directory_can_be_made_fails_before_training(
 @pytest.mark.parametrize("quiet", [True, False])
 def test_train_stdout_is_only_its_json_summary(quiet, tmp_path, tiny_model_dir, phrasebank_slice):
     """`finlora train ... | jq` works: the Trainer's log dicts stay off stdout; progress bars
-    go to stderr, and -q shows none."""
+    go to stderr, and -q shows none, nor Hugging Face's LOAD REPORT (the tiny encoder has no
+    classifier weights) nor the libraries' FutureWarnings."""
     out = tmp_path / "o"
     proc = subprocess.run(
         [sys.executable, "-m", "finlora", *(["-q"] if quiet else []), "train",
@@ -111,6 +112,9 @@ def test_train_stdout_is_only_its_json_summary(quiet, tmp_path, tiny_model_dir, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["output_dir"] == str(out)
     assert ("100%|" in proc.stderr) is not quiet  # tqdm bars
+    assert ("LOAD REPORT" in proc.stderr) is not quiet
+    if quiet:
+        assert "Warning" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, data_dir):
