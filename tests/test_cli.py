@@ -237,3 +237,15 @@ def test_every_subcommand_parser_is_generated_with_its_flags():
     for title in ("data and split:", "LoRA adapter:", "training loop:", "cloud: S3:"):
         assert title in help_text
     assert "--model MODEL" in parsers["serve"].format_help()
+
+
+def test_serve_flags_come_from_serve_settings_flag_over_env_over_default(monkeypatch, tmp_path):
+    from finlora.cli import build_parser, settings_of
+    from finlora.serve.settings import ServeSettings, load_settings
+
+    monkeypatch.setenv("FINLORA_PORT", "7000")
+    monkeypatch.setenv("FINLORA_HOST", "0.0.0.0")
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--port", "9000"])
+    settings = load_settings(settings_of(args._settings, args))
+    assert (settings.port, settings.host, settings.model_dir) == (9000, "0.0.0.0", tmp_path)
+    assert settings.max_batch == ServeSettings.model_fields["max_batch"].default
