@@ -100,7 +100,8 @@ def test_an_output_dir_where_no_directory_can_be_made_fails_before_training(
 @pytest.mark.parametrize("quiet", [True, False])
 def test_train_stdout_is_only_its_json_summary(quiet, tmp_path, tiny_model_dir, phrasebank_slice):
     """`finlora train ... | jq` works: the Trainer's log dicts stay off stdout; progress bars
-    go to stderr, and -q shows none."""
+    go to stderr, and -q shows none, nor Hugging Face's LOAD REPORT (the tiny encoder has no
+    classifier weights) nor the libraries' FutureWarnings."""
     out = tmp_path / "o"
     proc = subprocess.run(
         [sys.executable, "-m", "finlora", *(["-q"] if quiet else []), "train",
@@ -111,6 +112,9 @@ def test_train_stdout_is_only_its_json_summary(quiet, tmp_path, tiny_model_dir, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["output_dir"] == str(out)
     assert ("100%|" in proc.stderr) is not quiet  # tqdm bars
+    assert ("LOAD REPORT" in proc.stderr) is not quiet
+    if quiet:
+        assert "Warning" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, data_dir):
@@ -165,3 +169,83 @@ def test_a_stop_inside_a_constructor_still_ends_with_one_line(signal_name, code,
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           preexec_fn=sigint_as_in_a_terminal)  # fmt: skip
     assert (proc.returncode, proc.stderr.strip()) == (code, line)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Shell words that end a `finlora ...` command on a line (pipes, redirections, lists).
+SHELL_ENDS = {"|", "||", "&&", ";", ">", ">>", "2>", "&"}
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every `finlora ...` command line in the fenced code blocks of README.md and docs/*.md
+    (continuations joined, comments and shell plumbing cut); lines showing a syntax
+    (`[--flag a|b]`, `<DIR>`, `...`) are not commands."""
+    import glob
+    import re
+    import shlex
+
+    docs = sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
+    found = []
+    for path in [os.path.join(REPO, "README.md"), *docs]:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.M | re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if not re.match(r"\s*(\$ )?(\w+=\S* )*finlora ", line):
+                    continue
+                raw = shlex.split(line.split(" #")[0], posix=False)  # quotes kept: '|' stays
+                end = next((i for i, w in enumerate(raw) if w in SHELL_ENDS), len(raw))
+                words = shlex.split(" ".join(raw[:end]))
+                while words and re.fullmatch(r"\$|\w+=\S*", words[0]):  # prompt, VAR=value
+                    words = words[1:]
+                if words[:1] != ["finlora"] or any(w in ("...", "…") for w in words):
+                    continue
+                if re.search(r"\[--|<[A-Z_a-z]+>", line):
+                    continue
+                found.append((f"{os.path.basename(path)}: {line.strip()[:60]}", words[1:]))
+    return found
+
+
+def test_readme_and_docs_show_commands():
+    assert any(argv[:1] == ["train"] for _, argv in documented_commands())
+
+
+@pytest.mark.parametrize(
+    "argv", [argv for _, argv in documented_commands()], ids=[i for i, _ in documented_commands()]
+)
+def test_every_documented_command_line_parses(argv, monkeypatch):
+    """Parsed and turned into the command's settings (recipes read), not run."""
+    from finlora.cli import _flags, build_parser, settings_of
+
+    monkeypatch.chdir(REPO)
+    args, unknown = build_parser().parse_known_args(argv)
+    assert unknown == [], f"unknown flags {unknown}"
+    if argv[:2] == ["sagemaker", "launch"]:  # the train flags after `--` parse too
+        flags = args.train_flags[1:] if args.train_flags[:1] == ["--"] else args.train_flags
+        build_parser().parse_args(["train", *flags])
+    if "--help" not in argv and "--version" not in argv:
+        assert settings_of(args._settings, args) is not None
+        assert "config" not in _flags(args) or args._settings.name != "train"
+
+
+def test_every_subcommand_parser_is_generated_with_its_flags():
+    from finlora.cli import build_parser, commands, subcommand_parsers
+
+    parsers = subcommand_parsers(build_parser())
+    assert set(parsers) == {command.name for command in commands()}
+    help_text = parsers["train"].format_help()
+    for title in ("data and split:", "LoRA adapter:", "training loop:", "cloud: S3:"):
+        assert title in help_text
+    assert "--model MODEL" in parsers["serve"].format_help()
+
+
+def test_serve_flags_come_from_serve_settings_flag_over_env_over_default(monkeypatch, tmp_path):
+    from finlora.cli import build_parser, settings_of
+    from finlora.serve.settings import ServeSettings, load_settings
+
+    monkeypatch.setenv("FINLORA_PORT", "7000")
+    monkeypatch.setenv("FINLORA_HOST", "0.0.0.0")
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--port", "9000"])
+    settings = load_settings(settings_of(args._settings, args))
+    assert (settings.port, settings.host, settings.model_dir) == (9000, "0.0.0.0", tmp_path)
+    assert settings.max_batch == ServeSettings.model_fields["max_batch"].default

@@ -96,3 +96,112 @@ def test_an_empty_optional_recipe_setting_means_its_default(tmp_path):
 def test_a_bootstrap_too_small_for_an_interval_is_refused(bootstrap):
     with pytest.raises(FinloraError, match="--bootstrap must be at least 100"):
         CompareConfig(bootstrap=bootstrap)
+
+
+def test_train_config_is_composed_of_groups_each_validating_its_own_fields():
+    from dataclasses import fields
+
+    from finlora.config import GROUPS, DataSettings, LoraSettings, OptimSettings
+
+    config = TrainConfig(dataset="phrasebank_allagree", output_dir="out", lora_r=8)
+    assert config.learning_rate == 5e-4 and config.lora_r == 8  # flat, as before
+    names = [f.name for cls, _ in GROUPS.values() for f in fields(cls)]
+    assert sorted(names) == sorted(f.name for f in fields(TrainConfig))  # each field once
+    assert config.groups()["lora"]["lora_r"] == 8
+    assert isinstance(config.group("optim"), OptimSettings)
+    with pytest.raises(FinloraError, match="--lora_dropout must be in"):
+        LoraSettings(lora_dropout=2.0)
+    with pytest.raises(FinloraError, match="not both"):
+        DataSettings(data="x.csv", dataset="phrasebank_allagree")
+
+
+def test_compare_and_profile_share_the_data_settings():
+    from dataclasses import fields
+
+    from finlora.config import SHARED_KEYS, DataSource, DataSplit, ProfileConfig
+
+    assert issubclass(CompareConfig, DataSplit) and issubclass(ProfileConfig, DataSource)
+    assert tuple(f.name for f in fields(DataSplit)) == SHARED_KEYS
+    train_help = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
+    for cls in (CompareConfig, ProfileConfig):
+        for f in fields(DataSource):
+            assert (
+                next(g for g in fields(cls) if g.name == f.name).metadata["help"]
+                == (train_help[f.name])
+            )
+
+
+def test_a_recipe_may_be_nested_by_group(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  epochs: 2\n  max_length: 32\nlora:\n  lora_r: 4\nseed: 7\n")
+    config = resolve_config({}, str(recipe))
+    assert (config.epochs, config.max_length, config.lora_r, config.seed) == (2.0, 32, 4, 7)
+    recipe.write_text("lora:\n  epochs: 2\n")
+    with pytest.raises(FinloraError, match="epochs not in group lora"):
+        resolve_config({}, str(recipe))
+
+
+def test_the_saved_config_is_grouped_and_reads_back_the_same(tmp_path):
+    from finlora.config import save_config
+
+    config = resolve_config({"dataset": "claudette_tos", "epochs": "3"})
+    save_config(config, tmp_path / "finlora_config.yaml")
+    text = (tmp_path / "finlora_config.yaml").read_text()
+    assert "# --- optim: training loop ---" in text and "preset: claudette_multilabel" in text
+    assert resolve_config({}, str(tmp_path / "finlora_config.yaml")) == config
+
+
+def test_a_named_dataset_brings_its_recipe_under_the_recipe_and_flags(tmp_path):
+    """`finlora train --dataset claudette_tos` trains the measured legal recipe."""
+    from finlora.config import PRESET_SKIPS, RECIPES_DIR
+
+    legal = load_recipe(RECIPES_DIR / "claudette_multilabel.yaml")
+    config = resolve_config({"dataset": "claudette_tos"})
+    assert config.preset == "claudette_multilabel"
+    for key, value in legal.items():
+        if key not in PRESET_SKIPS:
+            assert getattr(config, key) == value, key
+    assert config.output_dir == TrainConfig().output_dir  # where stays the user's
+    # flags > preset; a recipe > preset
+    assert resolve_config({"dataset": "claudette_tos", "max_length": "128"}).max_length == 128
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: claudette_tos\nepochs: 2\n")
+    assert resolve_config({}, str(recipe)).epochs == 2.0
+    # another strategy keeps its own learning rate and epochs
+    lora = resolve_config({"dataset": "claudette_tos", "use_lora": "true"})
+    assert (lora.use_lora, lora.learning_rate, lora.epochs, lora.max_length) == (
+        True, 5e-4, 5.0, 256,
+    )  # fmt: skip
+    # --preset none: the generic defaults
+    generic = resolve_config({"dataset": "claudette_tos", "preset": "none"})
+    assert generic.preset == "none" and generic.max_length == TrainConfig().max_length
+    with pytest.raises(FinloraError, match="--preset 'legal' is unknown"):
+        resolve_config({"preset": "legal"})
+
+
+@pytest.mark.parametrize("dataset", [None, "phrasebank_allagree", "phrasebank_50agree"])
+@pytest.mark.parametrize("use_lora", ["true", "false"])
+def test_phrasebank_presets_are_the_defaults(dataset, use_lora):
+    given = {"use_lora": use_lora, **({"dataset": dataset} if dataset else {})}
+    config = resolve_config(given)
+    assert config.preset == ("phrasebank_lora" if use_lora == "true" else "phrasebank_full")
+    plain = TrainConfig(dataset=dataset, use_lora=use_lora == "true")
+    assert {**config.to_dict(), "preset": None} == plain.to_dict()
+
+
+def test_own_data_gets_no_preset():
+    assert resolve_config({"data": "mine.csv"}).preset is None
+
+
+def test_packaged_recipes_are_found_from_any_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import finlora.config as config_module
+
+    monkeypatch.chdir(tmp_path)
+    for path in ("config/phrasebank_lora.yaml", "phrasebank_lora", "phrasebank_lora.yaml"):
+        assert resolve_config({}, path).lora_target_modules == ["query", "value", "pooler.dense"]
+    repo = Path(__file__).resolve().parents[1]
+    recipes = Path(config_module.__file__).parent / "recipes"
+    assert (repo / "config").resolve() == recipes.resolve()  # config/ is the packaged folder
+    assert 'finlora = ["recipes/*.yaml"]' in (repo / "pyproject.toml").read_text()

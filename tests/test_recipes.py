@@ -60,3 +60,19 @@ def test_plain_finlora_train_on_phrasebank_is_the_documented_lora_recipe():
         if key != "output_dir" and defaults[key] != value
     }
     assert differing == {}
+
+
+def test_every_named_dataset_has_a_shipped_preset_recipe():
+    from finlora.config import DATASET_PRESETS, recipes
+    from finlora.data.sources import named_datasets
+
+    assert set(DATASET_PRESETS) == set(named_datasets())
+    for with_lora, without in DATASET_PRESETS.values():
+        assert {with_lora, without} <= set(recipes())
+        assert {f"{with_lora}.yaml", f"{without}.yaml"} <= {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_works_as_a_preset(recipe):
+    config = resolve_config({"preset": recipe.stem})
+    assert config.preset == recipe.stem

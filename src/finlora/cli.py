@@ -1,6 +1,8 @@
 """`finlora` command line: parse, then call one stage function per subcommand.
 
-User errors (`FinloraError`) print one line and exit with code 2; bugs still raise.
+Each subcommand is a function over one settings class, and its flags are generated from that
+class (`finlora.flags`), so a setting, its help and its default are written once. User
+errors (`FinloraError`) print one line and exit with code 2; bugs still raise.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import MISSING, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from finlora import __version__
 from finlora.artifacts import BACKENDS, PRECISIONS
-from finlora.config import TrainConfig, field_types, parse_bool, resolve_config
+from finlora.config import GROUP_TITLES, TrainConfig, resolve_config
 from finlora.errors import (
     INTERRUPTED_EXIT_CODE,
     TERMINATED_EXIT_CODE,
@@ -25,21 +29,24 @@ from finlora.errors import (
     quiet_half_built_objects,
     sigterm_raises_terminated,
 )
+from finlora.flags import add_flags, positive_int, settings_flags
 from finlora.logs import configure_logging
 
 log = logging.getLogger("finlora")
-QUIET_HELP = "only warnings and errors, no progress bars"
+QUIET_HELP = "only warnings and errors, no progress bars or library warnings"
+
+__all__ = ["build_parser", "main", "positive_int"]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1 (batch sizes, threads, window sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=list, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _req(help: str, **kw: Any) -> Any:
+    """A required setting: a flag without a default."""
+    return field(metadata={"help": help, **kw})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,237 +56,298 @@ class _Parser(argparse.ArgumentParser):
         raise FinloraError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--flag` per config field; only flags the user types reach the config."""
-    kinds = field_types(cls)
-    for f in fields(cls):
-        kind = kinds[f.name]
-        default = f.default if f.default is not MISSING else None
-        # argparse %-formats help strings: a literal % (as in "95%") must be doubled
-        help_text = f.metadata.get("help", "")
-        if default is not None and "default" not in help_text:
-            help_text += f" (default: {default})"
-        help_text = help_text.replace("%", "%%")
-        if kind is bool:
-            parser.add_argument(
-                f"--{f.name}",
-                nargs="?",
-                const=True,
-                type=parse_bool,
-                metavar="BOOL",
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            parser.add_argument(
-                f"--{f.name}",
-                type=str,
-                metavar=f.name.upper(),
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
+class _SubParsers(argparse._SubParsersAction):
+    """Subcommands whose flags are generated when the subcommand is chosen: `finlora train`
+    does not import what `finlora serve`'s settings need (pydantic)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        populate(self._name_parser_map.get(values[0]))
+        super().__call__(parser, namespace, values, option_string)
+
+
+_INTERNAL = {"command", "action", "handler", "quiet", "_settings"}
+
+
+@dataclass(kw_only=True)
+class BackendSettings:
+    """How a saved model runs (shared by evaluate and predict)."""
+
+    batch_size: int = _opt(64, "texts per inference batch", type=positive_int)
+    s3_endpoint_url: str | None = _opt(None, "S3-compatible endpoint for s3:// paths")
+    backend: str = _opt("auto", "auto: onnx when exported", choices=BACKENDS)
+    precision: str = _opt("auto", "ONNX model (auto: int8 if exported)", choices=PRECISIONS)
+    threads: int | None = _opt(None, "inference threads (default: all cores)", type=positive_int)
+
+
+@dataclass(kw_only=True)
+class EvaluateSettings(BackendSettings):
+    """`finlora evaluate`: score a saved model on a labelled file."""
+
+    model: str = _req("output dir of `finlora train` (or s3://)")
+    data: str = _req("labelled file (or s3://)")
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    label_delimiter: str | None = _opt(
+        None, "multi-label: labels in one string column split by this"
+    )
+    label_columns: list[str] | None = _opt(
+        None, "multi-label: one 0/1 column per label, comma-separated"
+    )
+    output: str | None = _opt(None, "write the metrics JSON here")
+
+
+@dataclass(kw_only=True)
+class PredictSettings(BackendSettings):
+    """`finlora predict`: classify texts, a file of texts or a whole document."""
+
+    model: str = _req("output dir of `finlora train` (or s3://)")
+    texts: list[str] = _opt([], "texts to classify", positional="*")
+    input: str | None = _opt(None, "file of texts (.csv, .tsv, .jsonl, .parquet, .txt)")
+    text_column: str = _opt("text", "column holding the text in --input")
+    output: str | None = _opt(None, "write predictions here (.csv, .jsonl, .parquet)")
+    document: str | None = _opt(
+        None,
+        "classify a whole document (.txt, .xml, .html, .pdf): labelled spans with "
+        "character offsets and a summary, as JSON (to --output .json or stdout)",
+    )
+    segment: str = _opt(
+        "sentences",
+        "--document pieces: sentences (over-long ones in token windows) or token windows",
+        choices=("sentences", "windows"),
+    )
+    window: int | None = _opt(
+        None, "tokens per window (default: the model's max_length)", type=positive_int
+    )
+    stride: int | None = _opt(
+        None, "tokens between window starts (default: half the window)", type=positive_int
+    )
+    chunk_rows: int = _opt(4096, "rows read from --input at a time", type=positive_int)
+
+
+@dataclass(kw_only=True)
+class ExportSettings:
+    """`finlora export`: the merged model as ONNX (optionally int8), verified."""
+
+    model: str = _req("output dir of `finlora train`")
+    format: str = _opt("onnx", "export format", choices=("onnx",))
+    quantize: str | None = _opt(None, "also write an int8 model", choices=("int8",))
+    opset: int = _opt(17, "ONNX opset")
+    threads: int | None = _opt(None, "ONNX Runtime threads for verification", type=positive_int)
+
+
+@dataclass(kw_only=True)
+class SageMakerLaunchSettings:
+    """`finlora sagemaker launch`: a SageMaker training job running `finlora train`."""
+
+    s3_data: str = _req("s3:// prefix or file: the train channel")
+    s3_validation: str | None = _opt(None, "s3:// prefix or file: the validation channel")
+    s3_test: str | None = _opt(None, "s3:// prefix or file: the test channel")
+    role: str = _req("IAM role ARN SageMaker runs the job as")
+    image_uri: str = _req("ECR image built from our Dockerfile")
+    instance_type: str = _opt("ml.g4dn.xlarge", "training instance type")
+    instance_count: int = _opt(1, "instances")
+    volume_gb: int = _opt(30, "EBS volume per instance")
+    output_s3: str | None = _opt(
+        None, "where SageMaker writes model.tar.gz (default: s3://BUCKET/finlora/jobs)"
+    )
+    job_name: str | None = _opt(None, "default: finlora-YYYYmmdd-HHMMSS")
+    max_run: int = _opt(24 * 3600, "seconds of training")
+    spot: bool = _opt(False, "managed spot training (cheaper)")
+    max_wait: int | None = _opt(None, "spot: seconds incl. waiting (2x max_run)")
+    checkpoint_s3: str | None = _opt(
+        None, "checkpoint sync target (--spot default: OUTPUT/JOB/checkpoints)"
+    )
+    config: str | None = _opt(None, "YAML recipe; its settings become hyperparameters")
+    region: str | None = _opt(None, "AWS region (default: the standard chain)")
+    endpoint_url: str | None = _opt(None, "SageMaker API endpoint override (testing)")
+    dry_run: bool = _opt(False, "print the request, do not submit")
+    train_flags: list[str] = _opt(
+        [], "-- then `finlora train` flags", positional=argparse.REMAINDER
+    )
+
+
+# Blocks of flags shared by several commands, titled in `--help`.
+TITLES = {BackendSettings: "how the model runs"}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its settings class, the function run on them and its texts.
+
+    `run` is the name of a function of this module (looked up when the command runs).
+    `resolve` turns the typed flags (and the `--config` recipe, when `recipe`) into what `run`
+    takes; by default an instance of `settings`.
+    """
+
+    name: str
+    settings: type
+    run: str
+    help: str
+    description: str | None = None
+    recipe: bool = False
+    resolve: Callable[[dict, str | None], Any] | None = None
+
+
+def commands() -> list[Command]:
+    """The subcommands of `finlora` (a new command: a settings class, a function, one entry)."""
+    from finlora.config import CompareConfig, ProfileConfig
+
+    return [
+        Command(
+            "train",
+            TrainConfig,
+            "cmd_train",
+            "train a classifier and write its artifacts",
+            "Train a LoRA (default) or fully fine-tuned classifier. Precedence: flags > "
+            "--config recipe > the named dataset's preset (--preset) > defaults.",
+            recipe=True,
+            resolve=train_config,
+        ),
+        Command(
+            "evaluate", EvaluateSettings, "cmd_evaluate", "score a saved model on a labelled file"
+        ),
+        Command("predict", PredictSettings, "cmd_predict", "classify texts with a saved model"),
+        Command(
+            "export",
+            ExportSettings,
+            "cmd_export",
+            "export a trained model to ONNX (optionally int8), verified against PyTorch",
+            "Write <model>/onnx/: the merged model as ONNX with dynamic batch and sequence "
+            "axes, tokenizer, labels and export.json. Fails if the export does not reproduce "
+            "PyTorch's predictions.",
+        ),
+        Command(
+            "serve",
+            serve_settings_class(),
+            "cmd_serve",
+            "serve a trained model over HTTP (FastAPI + uvicorn)",
+            "POST /v1/predict /v1/classify-document, GET /healthz /readyz /v1/model /metrics. "
+            "Every option can also be set as an environment variable FINLORA_<OPTION>; "
+            "flags win over the environment.",
+            resolve=lambda flags, _: flags,  # the environment comes in under the flags
+        ),
+        Command(
+            "compare",
+            CompareConfig,
+            "cmd_compare",
+            "full fine-tuning vs LoRA vs TF-IDF baseline on the same split(s): report + plots",
+            "Train each strategy on the same de-duplicated split (or the same stratified "
+            "folds) with its own recipe; write report.md, report.json and PNG plots. "
+            "Rerunning with the same --output_dir skips finished runs.",
+        ),
+        Command(
+            "profile",
+            ProfileConfig,
+            "cmd_profile",
+            "profile a labelled dataset: classes, lengths, duplicates, frequent tokens",
+            "Write profile.md, profile.json and PNG plots describing a dataset.",
+        ),
+        Command(
+            "models",
+            _Lazy("finlora.base_models", "ModelsSettings"),
+            "cmd_models",
+            "list the base models available offline: parameters, size, ready or missing",
+        ),
+        Command(
+            "sagemaker launch",
+            SageMakerLaunchSettings,
+            "cmd_sagemaker_launch",
+            "create a SageMaker training job running `finlora train`",
+            "Create a SageMaker training job with the finlora image. Training settings come "
+            "from --config and from `finlora train` flags after `--`, e.g. "
+            "`finlora sagemaker launch ... -- --epochs 3 --no_lora`.",
+        ),
+    ]
+
+
+def settings_class(command: Command) -> type:
+    """The command's settings class, imported now when it was named lazily."""
+    settings = command.settings
+    return settings.load() if isinstance(settings, _Lazy) else settings
+
+
+def serve_settings_class() -> Any:
+    """`ServeSettings`, imported only when `finlora serve` is parsed (pydantic)."""
+    return _Lazy("finlora.serve.settings", "ServeSettings")
+
+
+@dataclass(frozen=True)
+class _Lazy:
+    module: str
+    name: str
+
+    def load(self) -> type:
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(self.module), self.name)
+        except ImportError as exc:
+            raise FinloraError(
+                f"this command needs the serve extra ({exc.name} is missing): "
+                "pip install 'finlora[serve]'"
+            ) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="finlora", description=__doc__.splitlines()[0])
+    parser.register("action", "parsers", _SubParsers)
     parser.add_argument("--version", action="version", version=f"finlora {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    train = sub.add_parser(
-        "train",
-        help="train a classifier and write its artifacts",
-        description="Train a LoRA (default) or fully fine-tuned classifier. Precedence: "
-        "flags > --config recipe > defaults.",
-    )
-    train.add_argument("--config", help="YAML recipe (see config/)")
-    _add_config_flags(train, TrainConfig)
-    train.add_argument(
-        "--no_lora",
-        dest="use_lora",
-        action="store_const",
-        const=False,
-        default=argparse.SUPPRESS,
-        help="full fine-tuning instead of LoRA",
-    )
-    train.set_defaults(handler=cmd_train)
-
-    evaluate = sub.add_parser("evaluate", help="score a saved model on a labelled file")
-    evaluate.add_argument("--model", required=True, help="output dir of `finlora train`")
-    evaluate.add_argument("--data", required=True, help="labelled file")
-    evaluate.add_argument("--text_column", default="text")
-    evaluate.add_argument("--label_column", default="label")
-    evaluate.add_argument(
-        "--label_delimiter", help="multi-label: labels in one string column split by this"
-    )
-    evaluate.add_argument(
-        "--label_columns", help="multi-label: one 0/1 column per label, comma-separated"
-    )
-    evaluate.add_argument("--batch_size", type=positive_int, default=64)
-    evaluate.add_argument("--output", help="write the metrics JSON here")
-    evaluate.add_argument("--s3_endpoint_url", help="S3-compatible endpoint for s3:// paths")
-    _add_backend_flags(evaluate)
-    evaluate.set_defaults(handler=cmd_evaluate)
-
-    predict = sub.add_parser("predict", help="classify texts with a saved model")
-    predict.add_argument("--model", required=True, help="output dir of `finlora train`")
-    predict.add_argument("texts", nargs="*", help="texts to classify")
-    predict.add_argument("--input", help="file of texts (.csv, .tsv, .jsonl, .parquet, .txt)")
-    predict.add_argument("--text_column", default="text")
-    predict.add_argument("--output", help="write predictions here (.csv, .jsonl, .parquet)")
-    predict.add_argument(
-        "--document",
-        help="classify a whole document (.txt, .xml, .html, .pdf): labelled spans with "
-        "character offsets and a summary, as JSON (to --output .json or stdout)",
-    )
-    predict.add_argument(
-        "--segment",
-        choices=["sentences", "windows"],
-        default="sentences",
-        help="--document pieces: sentences (over-long ones in token windows) or token windows",
-    )
-    predict.add_argument(
-        "--window", type=positive_int, help="tokens per window (default: the model's max_length)"
-    )
-    predict.add_argument(
-        "--stride",
-        type=positive_int,
-        help="tokens between window starts (default: half the window)",
-    )
-    predict.add_argument("--batch_size", type=positive_int, default=64)
-    predict.add_argument(
-        "--chunk_rows", type=positive_int, default=4096, help="rows read from --input at a time"
-    )
-    predict.add_argument("--s3_endpoint_url", help="S3-compatible endpoint for s3:// paths")
-    _add_backend_flags(predict)
-    predict.set_defaults(handler=cmd_predict)
-
-    export = sub.add_parser(
-        "export",
-        help="export a trained model to ONNX (optionally int8), verified against PyTorch",
-        description="Write <model>/onnx/: the merged model as ONNX with dynamic batch and "
-        "sequence axes, tokenizer, labels and export.json. Fails if the export does not "
-        "reproduce PyTorch's predictions.",
-    )
-    export.add_argument("--model", required=True, help="output dir of `finlora train`")
-    export.add_argument("--format", choices=["onnx"], default="onnx")
-    export.add_argument("--quantize", choices=["int8"], help="also write an int8 model")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    export.add_argument(
-        "--threads", type=positive_int, help="ONNX Runtime threads for verification"
-    )
-    export.set_defaults(handler=cmd_export)
-
-    serve = sub.add_parser(
-        "serve",
-        help="serve a trained model over HTTP (FastAPI + uvicorn)",
-        description="POST /v1/predict /v1/classify-document, GET /healthz /readyz /v1/model "
-        "/metrics. Every option can also be set as an environment variable FINLORA_<OPTION>.",
-    )
-    serve.add_argument("--model", dest="model_dir", help="output dir of `finlora train`")
-    serve.add_argument("--backend", choices=BACKENDS, help="default: onnx when exported")
-    serve.add_argument("--precision", choices=PRECISIONS, help="ONNX model (default: int8 if any)")
-    serve.add_argument("--threads", type=int, help="inference threads (default: all cores)")
-    serve.add_argument("--host", help="default: 127.0.0.1")
-    serve.add_argument("--port", type=int, help="default: 8080")
-    serve.add_argument("--max_batch", type=int, help="most texts per request (default: 64)")
-    serve.add_argument("--max_body_bytes", type=int, help="request size limit (default: 1 MiB)")
-    serve.add_argument(
-        "--max_document_chars",
-        type=int,
-        help="longest /v1/classify-document text (default: 2000000; its body limit is 6 bytes "
-        "per character)",
-    )
-    serve.set_defaults(handler=cmd_serve)
-
-    from finlora.compare import CompareConfig
-    from finlora.profile import ProfileConfig
-
-    compare = sub.add_parser(
-        "compare",
-        help="full fine-tuning vs LoRA vs TF-IDF baseline on the same split(s): report + plots",
-        description="Train each strategy on the same de-duplicated split (or the same stratified "
-        "folds) with its own recipe; write report.md, report.json and PNG plots. Rerunning with "
-        "the same --output_dir skips finished runs.",
-    )
-    _add_config_flags(compare, CompareConfig)
-    compare.set_defaults(handler=cmd_compare)
-
-    profile = sub.add_parser(
-        "profile",
-        help="profile a labelled dataset: classes, lengths, duplicates, frequent tokens",
-        description="Write profile.md, profile.json and PNG plots describing a dataset.",
-    )
-    _add_config_flags(profile, ProfileConfig)
-    profile.set_defaults(handler=cmd_profile)
-
-    models = sub.add_parser(
-        "models",
-        help="list the base models available offline: parameters, size, ready or missing",
-    )
-    models.add_argument(
-        "--assemble", action="store_true", help="assemble installed pieces now, not on first use"
-    )
-    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    models.set_defaults(handler=cmd_models)
-
-    sagemaker = sub.add_parser("sagemaker", help="run training as a SageMaker job")
-    sagemaker_sub = sagemaker.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    launch = sagemaker_sub.add_parser(
-        "launch",
-        help="create a SageMaker training job running `finlora train`",
-        description="Create a SageMaker training job with the finlora image. Training settings "
-        "come from --config and from `finlora train` flags after `--`, e.g. "
-        "`finlora sagemaker launch ... -- --epochs 3 --no_lora`.",
-    )
-    launch.add_argument("--s3_data", required=True, help="s3:// prefix or file: the train channel")
-    launch.add_argument("--s3_validation", help="s3:// prefix or file: the validation channel")
-    launch.add_argument("--s3_test", help="s3:// prefix or file: the test channel")
-    launch.add_argument("--role", required=True, help="IAM role ARN SageMaker runs the job as")
-    launch.add_argument("--image_uri", required=True, help="ECR image built from our Dockerfile")
-    launch.add_argument("--instance_type", default="ml.g4dn.xlarge")
-    launch.add_argument("--instance_count", type=int, default=1)
-    launch.add_argument("--volume_gb", type=int, default=30, help="EBS volume per instance")
-    launch.add_argument(
-        "--output_s3",
-        help="where SageMaker writes model.tar.gz (default: s3://BUCKET/finlora/jobs)",
-    )
-    launch.add_argument("--job_name", help="default: finlora-YYYYmmdd-HHMMSS")
-    launch.add_argument("--max_run", type=int, default=24 * 3600, help="seconds of training")
-    launch.add_argument("--spot", action="store_true", help="managed spot training (cheaper)")
-    launch.add_argument("--max_wait", type=int, help="spot: seconds incl. waiting (2x max_run)")
-    launch.add_argument(
-        "--checkpoint_s3", help="checkpoint sync target (--spot default: OUTPUT/JOB/checkpoints)"
-    )
-    launch.add_argument("--config", help="YAML recipe; its settings become hyperparameters")
-    launch.add_argument("--region", help="AWS region (default: the standard chain)")
-    launch.add_argument("--endpoint_url", help="SageMaker API endpoint override (testing)")
-    launch.add_argument("--dry_run", action="store_true", help="print the request, do not submit")
-    launch.add_argument(
-        "train_flags", nargs=argparse.REMAINDER, help="-- then `finlora train` flags"
-    )
-    launch.set_defaults(handler=cmd_sagemaker_launch)
-    commands = [*sub.choices.values(), *sagemaker_sub.choices.values()]
-    for command in commands:  # `finlora train -q` as well as `finlora -q train`
-        command.add_argument(
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in commands():
+        *outer, name = command.name.split()
+        target = sub
+        if outer:  # `finlora sagemaker launch`
+            if outer[0] not in groups:
+                group = sub.add_parser(outer[0], help=f"run training as a {outer[0]} job")
+                group.add_argument(
+                    "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
+                )
+                group.register("action", "parsers", _SubParsers)
+                groups[outer[0]] = group.add_subparsers(
+                    dest="action", required=True, parser_class=_Parser
+                )
+            target = groups[outer[0]]
+        command_parser = target.add_parser(name, help=command.help, description=command.description)
+        # `finlora train -q` as well as `finlora -q train`
+        command_parser.add_argument(
             "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
         )
+        command_parser.set_defaults(handler=command.run, _settings=command)
+        command_parser._finlora_command = command  # flags added by populate()
     return parser
 
 
-def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="default: onnx when exported"
-    )
-    parser.add_argument(
-        "--precision", choices=PRECISIONS, default="auto", help="ONNX model (int8 if exported)"
-    )
-    parser.add_argument(
-        "--threads", type=positive_int, help="inference threads (default: all cores)"
-    )
+def populate(parser: argparse.ArgumentParser | None) -> argparse.ArgumentParser | None:
+    """Add a subcommand's generated flags (once), when it is chosen or inspected."""
+    command = getattr(parser, "_finlora_command", None)
+    if command is None:
+        return parser
+    del parser._finlora_command
+    settings = settings_class(command)
+    if command.recipe:
+        parser.add_argument(
+            "--config", help="YAML recipe (see config/; a packaged recipe's name works too)"
+        )
+    add_flags(parser, settings_flags(settings, {**GROUP_TITLES, **TITLES}))
+    return parser
 
 
-def _load_predictor(args: argparse.Namespace, model: str | None = None):
+def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand's parser with its flags, by name ("train", "sagemaker launch")."""
+    out = {}
+    for action in parser._subparsers._group_actions:
+        for name, child in action.choices.items():
+            populate(child)
+            if child._subparsers is not None:
+                out.update({f"{name} {k}": v for k, v in subcommand_parsers(child).items()})
+            else:
+                out[name] = child
+    return out
+
+
+def _load_predictor(args: EvaluateSettings | PredictSettings, model: str | None = None):
     from finlora.predictor import Predictor
 
     return Predictor.load(
@@ -292,10 +360,10 @@ def _load_predictor(args: argparse.Namespace, model: str | None = None):
 
 
 def _flags(args: argparse.Namespace) -> dict:
-    """The settings the user typed (argparse suppresses the others)."""
-    return {
-        k: v for k, v in vars(args).items() if k not in {"command", "handler", "config", "quiet"}
-    }
+    """The settings the user typed (argparse suppresses the others); not the recipe."""
+    command = getattr(args, "_settings", None)
+    internal = _INTERNAL | ({"config"} if command is None or command.recipe else set())
+    return {k: v for k, v in vars(args).items() if k not in internal}
 
 
 def fetch(path: str | None, folder: Path, endpoint_url: str | None, directory: bool = False):
@@ -309,13 +377,13 @@ def fetch(path: str | None, folder: Path, endpoint_url: str | None, directory: b
     return str(s3.download_file(path, folder / "input", endpoint_url))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def train_config(flags: dict, config_path: str | None) -> TrainConfig:
+    """`finlora train`'s settings: in a SageMaker container, typed flags win over the job's
+    hyperparameters.json (whose `config` names the recipe)."""
     from finlora.cloud import sagemaker
 
-    overrides = _flags(args)
-    config_path = args.config
     container = sagemaker.detect()
-    if container is not None:  # typed flags win over hyperparameters.json
+    if container is not None:
         hyperparameters = sagemaker.hyperparameters(container)
         config_path = config_path or hyperparameters.pop("config", None)
         unknown = sorted(set(hyperparameters) - {f.name for f in fields(TrainConfig)})
@@ -323,11 +391,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise FinloraError(
                 f"unknown hyperparameter(s) {', '.join(unknown)}; use `finlora train` flag names"
             )
-        overrides = {**hyperparameters, **overrides}
-    config = resolve_config(overrides, config_path)
-    from finlora.cloud.run import run_train  # torch and transformers: only once settings hold
+        flags = {**hyperparameters, **flags}
+    return resolve_config(flags, config_path)
 
-    results, config = run_train(config)
+
+def cmd_train(config: TrainConfig) -> int:
+    from finlora.api import run  # torch and transformers: only once settings hold
+
+    results, config = run(config)
     if results is None:  # a non-zero rank of a distributed run: rank 0 reports
         return 0
     summary = {k: results[k] for k in ("strategy", "trainable_fraction", "train_seconds")}
@@ -342,7 +413,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: EvaluateSettings) -> int:
     from finlora.artifacts import check_output_file, write_json
     from finlora.data.prepare import multi_hot
     from finlora.data.sources import as_label_list, read_labelled
@@ -366,7 +437,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.text_column,
             args.label_column,
             label_delimiter=args.label_delimiter,
-            label_columns=args.label_columns.split(",") if args.label_columns else None,
+            label_columns=args.label_columns or None,
         )
         if predictor.multi_label and not isinstance(raw["label"].iloc[0], list):
             raw["label"] = raw["label"].map(as_label_list)
@@ -401,7 +472,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: PredictSettings) -> int:
     from finlora.artifacts import check_output_file
     from finlora.predict_io import check_prediction_output, predict_file
 
@@ -445,7 +516,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
+def cmd_sagemaker_launch(args: SageMakerLaunchSettings) -> int:
     from finlora.cloud import sagemaker
     from finlora.cloud.s3 import S3Uri
 
@@ -469,7 +540,10 @@ def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
         spot=args.spot,
         max_wait=args.max_wait,
         checkpoint_s3=args.checkpoint_s3,
-        hyperparameters=sagemaker.hyperparameters_from(config, overrides),
+        # the preset follows from the dataset again in the job: sent only when typed
+        hyperparameters=sagemaker.hyperparameters_from(
+            replace(config, preset=overrides.get("preset")), overrides
+        ),
     )
     if args.dry_run:
         print(json.dumps(request, indent=2))
@@ -479,7 +553,7 @@ def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_document(predictor, args: argparse.Namespace, output: str | None) -> None:
+def predict_document(predictor, args: PredictSettings, output: str | None) -> None:
     """Classify `--document` piece by piece; the JSON result goes to `output` or stdout."""
     from finlora.artifacts import write_json
     from finlora.documents import classify_document, read_document
@@ -500,7 +574,7 @@ def predict_document(predictor, args: argparse.Namespace, output: str | None) ->
         print(json.dumps(result))
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: ExportSettings) -> int:
     from finlora.export import export_onnx
 
     info = export_onnx(args.model, quantize=args.quantize, opset=args.opset, threads=args.threads)
@@ -516,10 +590,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from finlora.compare import CompareConfig, compare
+def cmd_compare(settings) -> int:
+    from finlora.compare import compare
 
-    settings = resolve_config(_flags(args), None, CompareConfig)
     report = compare(settings)
     summary = {
         name: {
@@ -532,10 +605,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
-    from finlora.profile import ProfileConfig, profile
+def cmd_models(settings) -> int:
+    from finlora.base_models import run_models
 
-    settings = resolve_config(_flags(args), None, ProfileConfig)
+    return run_models(settings)
+
+
+def cmd_profile(settings) -> int:
+    from finlora.profile import profile
+
     result = profile(settings)
     print(
         json.dumps(
@@ -551,18 +629,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from finlora.base_models import ModelsSettings, run_models
-
-    return run_models(ModelsSettings(assemble=args.assemble, json=args.json))
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(options: dict) -> int:
+    """`options`: the flags typed; the environment (FINLORA_*) and defaults fill the rest."""
     from finlora.serve.app import run
 
-    options = {k: v for k, v in vars(args).items() if k not in {"command", "handler", "quiet"}}
     run({k: v for k, v in options.items() if v is not None})
     return 0
+
+
+def settings_of(command: Command, args: argparse.Namespace) -> Any:
+    """What the command's function takes: its settings from the flags typed."""
+    flags = _flags(args)
+    if command.resolve is not None:
+        return command.resolve(flags, getattr(args, "config", None))
+    return settings_class(command)(**flags)
 
 
 def setup_logging(quiet: bool) -> None:
@@ -585,10 +665,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"unrecognized argument(s) {' '.join(unknown)} (see `finlora {command} --help`)"
             )
         setup_logging(args.quiet)
-        if args.handler is cmd_serve:  # uvicorn handles SIGTERM itself: a graceful shutdown
-            return args.handler(args)
+        command: Command = args._settings
+        settings = settings_of(command, args)
+        handler = globals()[command.run]
+        if command.name == "serve":  # uvicorn handles SIGTERM itself: a graceful shutdown
+            return handler(settings)
         with sigterm_raises_terminated():
-            return args.handler(args)
+            return handler(settings)
     except FinloraError as exc:
         report_failure(str(exc))
         print(f"finlora: error: {exc}", file=sys.stderr)

@@ -158,7 +158,18 @@ class Predictor:
         threads: int | None = None,
     ) -> Predictor:
         """Load an output dir with the torch backend (plain transformers, no PEFT needed) or
-        its ONNX export; `backend="auto"` takes the export when there is one."""
+        its ONNX export.
+
+        Args:
+            model_dir: the output directory of `finlora train` (or its `onnx/` export).
+            batch_size: texts per inference batch.
+            backend: "torch", "onnx", or "auto" (the export when there is one).
+            precision: ONNX model: "fp32", "int8" or "auto" (int8 when exported).
+            threads: inference threads (default: all cores).
+
+        Returns:
+            A Predictor with the model's labels, max_length and tuned thresholds.
+        """
         if batch_size < 1:
             raise FinloraError(f"--batch_size must be at least 1, got {batch_size}")
         if threads is not None and threads < 1:
@@ -283,8 +294,15 @@ class Predictor:
         return sigmoid(logits) if self.multi_label else softmax(logits)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
-        """One `{"label", "probabilities", "truncated"}` record per text; multi-label:
-        `{"labels", "scores", "truncated"}`."""
+        """Classify texts.
+
+        Args:
+            texts: the texts.
+
+        Returns:
+            One `{"label", "probabilities", "truncated"}` record per text; multi-label:
+            `{"labels", "scores", "truncated"}`.
+        """
         logits, truncated = self.logits_and_truncation(texts)
         if self.multi_label:
             scores = sigmoid(logits)

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from finlora.artifacts import write_json
-from finlora.config import ProfileConfig, TrainConfig
+from finlora.config import ProfileConfig
 from finlora.data.lengths import length_stats, token_lengths
 from finlora.data.prepare import load_clean
 from finlora.data.split import imbalance_ratio
@@ -59,13 +59,7 @@ def profile(settings: ProfileConfig) -> dict:
     """Compute the profile, write profile.json, profile.md and plots; return the profile."""
     from finlora.modeling import load_tokenizer  # transformers only when profiling
 
-    config = TrainConfig(
-        dataset=settings.dataset,
-        data=settings.data,
-        data_dir=settings.data_dir,
-        text_column=settings.text_column,
-        label_column=settings.label_column,
-    )
+    config = settings.data_config()
     clean = load_clean(config)
     frame, labels = clean.frame, clean.labels
     cleaning = clean.files["train"]

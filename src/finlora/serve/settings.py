@@ -18,18 +18,29 @@ class ServeSettings(BaseSettings):
         env_prefix="FINLORA_", extra="ignore", protected_namespaces=()
     )
 
-    model_dir: Path = Field(description="output dir of `finlora train` (or its onnx/ export)")
-    backend: Literal["auto", "onnx", "torch"] = "auto"
-    precision: Literal["auto", "fp32", "int8"] = "auto"
-    threads: int | None = Field(None, ge=1, description="inference threads; default all cores")
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    # Each field is also a `finlora serve` flag (generated from this class, `--model` for
+    # model_dir): flag > FINLORA_<NAME> > the default written here.
+    model_dir: Path = Field(
+        description="output dir of `finlora train` (or its onnx/ export)",
+        json_schema_extra={"flag": "model"},
+    )
+    backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="auto: onnx when exported"
+    )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="ONNX model (auto: int8 if any)"
+    )
+    threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
     max_batch: int = Field(64, ge=1, le=4096, description="most texts in one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit")
     max_document_chars: int = Field(
         2_000_000, ge=1, description="longest text POST /v1/classify-document accepts"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="uvicorn's log level"
+    )
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> ServeSettings:
