@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import string
@@ -32,6 +33,8 @@ from typing import Any
 import yaml
 
 from finlora.errors import FinloraError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("mft", "inv", "dir")
 DIRECTIONS = ("up", "down")
@@ -574,6 +577,12 @@ def check(settings: CheckSettings) -> dict:
     print(format_report(report, settings.max_failures))
     if settings.output:
         write_json(settings.output, report)
+    if not passes(report, settings):
+        log.warning(
+            "overall pass rate %.1f%% is below --min_pass_rate %.1f%%",
+            100 * report["pass_rate"],
+            100 * settings.min_pass_rate,
+        )
     return report
 
 

@@ -154,6 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flags(predict)
     predict.set_defaults(handler=cmd_predict)
 
+    check = sub.add_parser(
+        "check",
+        help="behavioural checks of a saved model: minimal pairs, invariance, direction",
+        description="Score a trained model on a behavioural suite (CheckList-style: minimal "
+        "pairs that flip the label, invariance to numbers and names) and print the pass rate "
+        "per capability and the failing cases. See docs/checks.md.",
+    )
+    check.add_argument("--model", required=True, help="output dir of `finlora train`")
+    check.add_argument(
+        "--suite",
+        default="financial_sentiment",
+        help="a shipped suite's name or a suite file (.yaml, .jsonl); default: %(default)s",
+    )
+    check.add_argument("--output", help="write the report JSON here")
+    check.add_argument("--batch_size", type=positive_int, default=64)
+    check.add_argument("--max_failures", type=int, help="failing cases to print (default: all)")
+    check.add_argument(
+        "--min_pass_rate", type=float, help="exit with code 1 below this overall pass rate (0-1)"
+    )
+    _add_backend_flags(check)
+    check.set_defaults(handler=cmd_check)
+
     export = sub.add_parser(
         "export",
         help="export a trained model to ONNX (optionally int8), verified against PyTorch",
@@ -433,6 +455,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             upload_file(output, args.output, endpoint)
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from finlora.checks import CheckSettings, check, passes
+
+    settings = CheckSettings(**{f.name: getattr(args, f.name) for f in fields(CheckSettings)})
+    return 0 if passes(check(settings), settings) else 1
 
 
 def cmd_sagemaker_launch(args: argparse.Namespace) -> int:
