@@ -183,10 +183,10 @@ def test_invariance_cases_change_one_detail_only(suite):
         starts, ends = [], []
         for variant in case.texts[1:]:
             start, original, changed = changed_region(case.texts[0], variant)
-            assert 1 <= len(original) <= 6 and 1 <= len(changed) <= 6, (case.id, variant)
+            assert 1 <= max(len(original), len(changed)) <= 6, (case.id, variant)
             starts.append(start)
             ends.append(start + len(original))
-        assert max(starts) < min(ends), case.id  # every variant changes the same detail
+        assert max(starts) <= min(ends), case.id  # every variant changes the same detail
     for case in (c for c in suite.cases if c.kind == "dir"):
         _, removed, added = changed_region(*case.texts)
         assert not removed and 1 <= len(added) <= 15, case.id  # an added word or clause

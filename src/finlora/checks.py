@@ -346,11 +346,17 @@ def expand_template(template: Any, lexicon: dict, seed: str, source: str) -> lis
 
 
 def _distinct_fills(rng: random.Random, slots: list[str], words: dict, fills: int, where: str):
+    """`fills` different fillings of `slots`: each slot walks through its shuffled lexicon,
+    so a template uses as many different companies, periods, ... as it has fills."""
+    orders = {s: rng.sample([str(v) for v in words[s]], len(words[s])) for s in slots}
     seen: list[dict] = []
-    for _ in range(100 * fills):
+    for number in range(100 * fills):
         if len(seen) == fills:
             break
-        values = {s: str(rng.choice(words[s])) for s in slots}
+        if number < fills:
+            values = {s: order[number % len(order)] for s, order in orders.items()}
+        else:  # the walk repeated a filling: draw the rest at random
+            values = {s: rng.choice(order) for s, order in orders.items()}
         if values not in seen:
             seen.append(values)
     if len(seen) < fills:
