@@ -217,6 +217,9 @@ def test_the_report_shows_a_model_that_reads_widened_as_good_news(suite, capsys)
     failing = {r["id"]: r for r in report["results"] if not r["passed"]}
     widened = [c for c in suite.cases if c.kind == "mft" and "widened" in c.texts[0]]
     assert widened and all(failing[c.id]["predicted"] == ["positive"] for c in widened)
+    widened_pairs = {c.pair for c in widened if c.pair}
+    pairs = report["minimal_pairs"]
+    assert pairs["all_right"] == 0 and pairs["pairs"] > len(widened_pairs)  # neutral elsewhere
     table = format_report(report)
     line = next(line for line in table.splitlines() if widened[0].texts[0] in line)
     assert "expected negative, predicted positive (p=0.99)" in line
@@ -256,6 +259,12 @@ def test_run_checks_agrees_with_the_predictions_of_a_tiny_model(predictor, suite
     overall = [p for outcomes in by_capability.values() for p in outcomes]
     assert report["passed"] == sum(overall) and report["cases"] == len(overall)
     assert report["failures"] == len(overall) - sum(overall)
+    pairs = defaultdict(list)
+    for result in report["results"]:
+        if "pair" in result:
+            pairs[result["pair"]].append(result["passed"])
+    assert report["minimal_pairs"]["pairs"] == len(pairs)
+    assert report["minimal_pairs"]["all_right"] == sum(all(p) for p in pairs.values())
 
 
 def test_direction_cases_allow_the_tolerance_and_no_more():

@@ -471,8 +471,20 @@ def build_report(suite: Suite, labels: list[str], results: list[dict]) -> dict:
         "by_kind": {k: _rate(m) for k in KINDS if (m := [r for r in results if r["kind"] == k])},
         "capabilities": capabilities,
         "failures": sum(not r["passed"] for r in results),
+        "minimal_pairs": _pairs(results),
         "results": results,
     }
+
+
+def _pairs(results: list[dict]) -> dict:
+    """Minimal pairs with every side right: a model reading one word (`widened` = good) gets
+    one side of a pair right by luck, never both."""
+    pairs: dict[str, list[bool]] = {}
+    for r in results:
+        if "pair" in r:
+            pairs.setdefault(r["pair"], []).append(r["passed"])
+    right = sum(all(sides) for sides in pairs.values())
+    return {"pairs": len(pairs), "all_right": right, "rate": right / len(pairs) if pairs else None}
 
 
 # ---------------------------------------------------------------- the table
@@ -488,6 +500,12 @@ def format_report(report: dict, max_failures: int | None = None) -> str:
         lines.append(
             f"{row['capability']:<{width}}  {row['kind']:<7}  {row['cases']:>5}  "
             f"{row['passed']:>6}  {100 * row['pass_rate']:>8.1f}%"
+        )
+    pairs = report.get("minimal_pairs") or {}
+    if pairs.get("pairs"):
+        lines.append(
+            f"minimal pairs with both sides right: {pairs['all_right']} of {pairs['pairs']} "
+            f"({100 * pairs['rate']:.1f}%)"
         )
     failing = [r for r in report["results"] if not r["passed"]]
     if not failing:
