@@ -108,7 +108,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
             raise FinloraError(
                 f"suite file {path}: expected {', '.join(SUITE_SUFFIXES)}, got {path.suffix!r}"
             )
-        content = path.read_text(encoding="utf-8")
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise FinloraError(f"suite file {path} is not UTF-8 text") from None
         if path.suffix == ".jsonl":
             return parse_jsonl_suite(content, str(path), default_name=path.stem)
         return parse_suite(_yaml(content, str(path)), str(path), default_name=path.stem)
