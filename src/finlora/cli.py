@@ -97,6 +97,21 @@ class EvaluateSettings(BackendSettings):
 
 
 @dataclass(kw_only=True)
+class CheckSettings(BackendSettings):
+    """`finlora check`: a saved model on a behavioural suite (finlora/checks.py)."""
+
+    model: str = _req("output dir of `finlora train` (or its ONNX export)")
+    suite: str = _opt(
+        "financial_sentiment", "a shipped suite's name or a suite file (.yaml, .yml, .jsonl)"
+    )
+    output: str | None = _opt(None, "write the report JSON here")
+    max_failures: int | None = _opt(None, "failing cases to print (default: all)")
+    min_pass_rate: float | None = _opt(
+        None, "exit with code 1 when the overall pass rate is below this (0-1)"
+    )
+
+
+@dataclass(kw_only=True)
 class PredictSettings(BackendSettings):
     """`finlora predict`: classify texts, a file of texts or a whole document."""
 
@@ -207,6 +222,15 @@ def commands() -> list[Command]:
             "evaluate", EvaluateSettings, "cmd_evaluate", "score a saved model on a labelled file"
         ),
         Command("predict", PredictSettings, "cmd_predict", "classify texts with a saved model"),
+        Command(
+            "check",
+            CheckSettings,
+            "cmd_check",
+            "behavioural checks of a saved model: minimal pairs, invariance, direction",
+            "Score a trained model on a behavioural suite (CheckList-style: minimal pairs that "
+            "flip the label, invariance to numbers and names) and print the pass rate per "
+            "capability and the failing cases. See docs/checks.md.",
+        ),
         Command(
             "export",
             ExportSettings,
@@ -603,6 +627,12 @@ def cmd_compare(settings) -> int:
     }
     print(json.dumps({"output_dir": settings.output_dir, "strategies": summary}))
     return 0
+
+
+def cmd_check(settings: CheckSettings) -> int:
+    from finlora.checks import check, passes
+
+    return 0 if passes(check(settings), settings) else 1
 
 
 def cmd_models(settings) -> int:

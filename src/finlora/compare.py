@@ -300,6 +300,10 @@ def run_record(unit: RunUnit, settings: CompareConfig) -> dict:
         "precision": results.precision,
         "warnings": results.warnings or [],
     }
+    if unit.strategy in TRANSFORMER_STRATEGIES:  # the shipped behavioural suite, if any fits
+        from finlora.checks import suite_scores
+
+        record.update(suite_scores(unit.directory, results))
     if isinstance(test, SingleLabelMetrics):
         record["macro_f1_ci95"] = bootstrap_macro_f1_ci(
             test.confusion_matrix, settings.bootstrap, unit.seed
@@ -338,6 +342,7 @@ SUMMARY_METRICS = (
     "weighted_f1",
     "lexglue_micro_f1",
     "lexglue_macro_f1",
+    "suite_pass_rate",  # transformer runs whose labels a shipped suite has (finlora.checks)
     "validation_macro_f1",
     "trainable_params",
     "total_params",

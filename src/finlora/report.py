@@ -234,6 +234,7 @@ def write_markdown(report: dict, out: Path) -> None:
     many = any(s["n_runs"] > 1 for s in strategies.values())
     multi_label = report["problem_type"] == "multi_label"
     with_ci = not many and all("macro_f1_ci95" in s for s in strategies.values())
+    suite = next((r["suite"] for s in strategies.values() for r in s["runs"] if "suite" in r), None)
     quality = (
         [("micro_f1", "micro-F1"), ("accuracy", "exact match"),
          ("lexglue_micro_f1", "LexGLUE micro-F1"), ("lexglue_macro_f1", "LexGLUE macro-F1")]
@@ -274,22 +275,34 @@ def write_markdown(report: dict, out: Path) -> None:
         )
         + f"; recipes: {recipes}",
         f"- machine: {report['machine']}",
+        *(
+            [
+                f"- suite pass rate: share of the `{suite}` behavioural suite's cases the "
+                f"model gets right (`finlora check --suite {suite}`, docs/checks.md)"
+            ]
+            if suite
+            else []
+        ),
         "",
         "| strategy | "
         + ("runs | " if many else "")
         + "trainable params | trainable % | test macro-F1 | "
         + ("95% CI | " if with_ci else "")
+        + ("suite pass rate | " if suite else "")
         + " | ".join(title for _, title in quality)
         + " | train time (s) | peak memory (MB) | inference (sent/s) |",
         "|---|"
         + ("---:|" if many else "")
         + "---:|---:|---:|"
         + ("---:|" if with_ci else "")
+        + ("---:|" if suite else "")
         + "---:|" * len(quality)
         + "---:|---:|---:|",
     ]
     for name, s in strategies.items():
         ci = "{:.3f}-{:.3f} | ".format(*s["macro_f1_ci95"]) if with_ci else ""
+        if suite:
+            ci += (_cell(s, "suite_pass_rate", "{:.1%}") if "suite_pass_rate" in s else "-") + " | "
         lines.append(
             f"| {NAMES[name]} | "
             + (f"{s['n_runs']} | " if many else "")
