@@ -22,6 +22,7 @@ EXPECTED_LORA_FILES = {
     "adapter/README.md",
     "adapter/adapter_config.json",
     "adapter/adapter_model.safetensors",
+    "calibration.json",
     "config.json",
     "final_results.json",
     "finlora_config.yaml",
