@@ -23,7 +23,12 @@ from finlora.artifacts import (
     TRAINING_ARGS,
     write_json,
 )
-from finlora.calibration import Calibration, calibration_report, conformal_report
+from finlora.calibration import (
+    CALIBRATION,
+    Calibration,
+    calibration_report,
+    conformal_report,
+)
 from finlora.config import TrainConfig, save_config
 from finlora.data import PreparedData
 from finlora.evaluation import (
@@ -301,6 +306,20 @@ def write_model_card(path: Path, results: FinalResults) -> None:
         lines.append(
             f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
             f"{test.macro_f1:.4f}, micro-F1 {test.micro_f1:.4f} (n={test.size})"
+        )
+    calibration = getattr(test, "calibration", None)
+    if calibration:
+        lines.append(
+            f"- calibrated on validation (`{CALIBRATION}`): test ECE "
+            f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}, Brier "
+            f"{calibration.brier_before:.4f} -> {calibration.brier_after:.4f}"
+        )
+    conformal = getattr(test, "conformal", None)
+    if conformal:
+        lines.append(
+            f"- prediction sets at {conformal.coverage_target:g} coverage: test coverage "
+            f"{conformal.coverage:.4f}, {100 * conformal.review_share:.1f}% of texts flagged "
+            "`needs_review`"
         )
     refit = results.refit
     if refit:
