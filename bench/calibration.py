@@ -45,9 +45,10 @@ def fold_numbers(results: dict) -> dict:
     calibration, conformal = test.get("calibration") or {}, test.get("conformal") or {}
     return {
         "macro_f1": test["macro_f1"],
-        **{k: calibration.get(k) for k in ("ece_before", "ece_after", "brier_before")},
-        "brier_after": calibration.get("brier_after"),
-        "temperature": calibration.get("temperature"),
+        **{
+            key: calibration.get(key)
+            for key in ("ece_before", "ece_after", "brier_before", "brier_after", "temperature")
+        },
         "coverage_target": conformal.get("coverage_target"),
         "coverage": conformal.get("coverage"),
         "review_share": conformal.get("review_share"),

@@ -27,7 +27,7 @@ from finlora.artifacts import (
     read_json,
     require_model_dir,
 )
-from finlora.calibration import Calibration, load_calibration
+from finlora.calibration import Calibration, check_coverage, load_calibration
 from finlora.errors import FinloraError
 from finlora.evaluation import DEFAULT_THRESHOLD, apply_thresholds, sigmoid
 from finlora.mean_pooling import load_finetuned
@@ -174,8 +174,6 @@ class Predictor:
     @coverage.setter
     def coverage(self, value: float | None) -> None:
         if value is not None:
-            from finlora.calibration import check_coverage
-
             check_coverage(value)
         self._coverage = value
 
@@ -211,6 +209,8 @@ class Predictor:
             raise FinloraError(f"--backend {backend!r} is unknown; use one of {BACKENDS}")
         if precision not in PRECISIONS:
             raise FinloraError(f"--precision {precision!r} is unknown; use one of {PRECISIONS}")
+        if coverage is not None:  # before the (slow) model load
+            check_coverage(coverage)
         onnx_dir = find_onnx_dir(model_dir)
         if backend == "auto":
             backend = "onnx" if onnx_dir else "torch"
@@ -246,15 +246,9 @@ class Predictor:
         self, model_dir: str | Path, calibrated: bool = True, coverage: float | None = None
     ) -> Predictor:
         """Apply `model_dir`'s calibration.json, if it has one and `calibrated`."""
-        if coverage is not None:
-            from finlora.calibration import check_coverage
-
-            check_coverage(coverage)
+        self.coverage = coverage  # checked even when unused: a typo should not pass silently
         if calibrated:
-            raw = self.raw_thresholds
             self.calibration = load_calibration(model_dir, self.labels)
-            self.raw_thresholds = raw
-            self.coverage = coverage
         return self
 
     @classmethod
