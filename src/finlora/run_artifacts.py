@@ -150,6 +150,8 @@ def write_artifacts(
             "no calibration.json: --refit trains on the validation split, which calibration "
             "and the conformal prediction sets need held out"
         )
+    elif config.calibrate and data.validation.empty:
+        warnings.append("no calibration.json: the validation split is empty")
     elif config.calibrate:
         calibrate(predictor, data, staging, selection)
     test = split_report(predictor, data, "test")
@@ -211,22 +213,14 @@ def calibrate(
     logits = predictor.logits(data.validation["text"])
     truth = validation_truth(data, "validation")
     calibration = Calibration.fit(logits, truth, data.labels, data.multi_label)
-    raw = predictor.raw_thresholds
+    # raw_thresholds are untouched: the predictor maps them, so decisions do not change
     predictor.calibration = calibration
-    predictor.raw_thresholds = raw  # decisions stay those of the raw thresholds
     calibration.save(staging)
+    fitted = calibration_report(logits, truth, calibration)
+    conformal = conformal_report(calibration.apply(logits), truth, calibration)
     if selection.validation is not None:
-        selection.validation["calibration"] = calibration_report(logits, truth, calibration)
-        selection.validation["conformal"] = conformal_report(
-            calibration.apply(logits), truth, calibration
-        )
-    log.info(
-        "calibration on validation (n=%d): %s; conformal at %.2f: %s",
-        len(truth),
-        selection.validation.get("calibration") if selection.validation else "",
-        calibration.coverage,
-        selection.validation.get("conformal") if selection.validation else "",
-    )
+        selection.validation.update(calibration=fitted, conformal=conformal)
+    log.info("calibration on validation (n=%d): %s; %s", len(truth), fitted, conformal)
     return calibration
 
 
