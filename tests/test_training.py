@@ -22,6 +22,7 @@ EXPECTED_LORA_FILES = {
     "adapter/README.md",
     "adapter/adapter_config.json",
     "adapter/adapter_model.safetensors",
+    "calibration.json",
     "config.json",
     "final_results.json",
     "finlora_config.yaml",
@@ -30,6 +31,9 @@ EXPECTED_LORA_FILES = {
     "tokenizer_config.json",
     "training_args.json",
 }
+
+
+UNCERTAINTY = ("calibration", "conformal")  # blocks only a calibrated model's results have
 
 
 def files(root):
@@ -150,7 +154,8 @@ def test_predict_texts_and_file(lora_run, tmp_path, capsys):
 
     scored = pd.read_parquet(out)
     assert scored.columns.tolist() == ["id", "headline", "label", "prob_negative", "prob_neutral",
-                                       "prob_positive"]  # fmt: skip
+                                       "prob_positive", "prediction_set",
+                                       "needs_review"]  # fmt: skip
     assert len(scored) == 3
 
 
@@ -299,14 +304,18 @@ def test_refit_trains_the_selected_epoch_count_on_training_and_validation_rows(
     assert alive_when_the_refit_starts == [False]
     results = results_of(out)
     assert results["history"] == plain["history"] and results["best_epoch"] == plain["best_epoch"]
-    assert results["validation"] == plain["validation"]
+    # the selected model's figures, less what calibration adds (a refit is not calibrated)
+    uncalibrated = {k: v for k, v in plain["validation"].items() if k not in UNCERTAINTY}
+    assert results["validation"] == uncalibrated
     refit = results["refit"]
     assert refit["epochs"] == plain["best_epoch"]
     sizes = plain["data"]["sizes"]
     assert refit["train_rows"] == sizes["train"] + sizes["validation"]
     assert results["data"] == plain["data"]  # the split, as `compare` checks it on reruns
-    assert refit["selected_model_test"] == plain["test"]
-    assert files(out) == EXPECTED_LORA_FILES
+    assert refit["selected_model_test"] == {
+        k: v for k, v in plain["test"].items() if k not in UNCERTAINTY
+    }
+    assert files(out) == EXPECTED_LORA_FILES - {"calibration.json"}
     assert load_results(out).refit.train_rows == refit["train_rows"]  # valid, typed
 
     shipped = AutoModelForSequenceClassification.from_pretrained(out).state_dict()

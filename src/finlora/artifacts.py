@@ -16,6 +16,10 @@ Layout of a finished run (no pickles anywhere)::
                                           (typed in finlora.results, JSON Schema in
                                           finlora/schemas/final_results.schema.json)
     thresholds.json                       multi-label only: per-label decision thresholds
+    calibration.json                      temperature / per-label Platt scaling and the
+                                          conformal scores, fitted on validation
+                                          (finlora.calibration; absent with --calibrate
+                                          false, --refit, or from older versions)
     README.md                             a model card with the headline numbers
     onnx/                                 ONNX export (`finlora export`), optional
 """

@@ -77,6 +77,12 @@ class BackendSettings:
     backend: str = _opt("auto", "auto: onnx when exported", choices=BACKENDS)
     precision: str = _opt("auto", "ONNX model (auto: int8 if exported)", choices=PRECISIONS)
     threads: int | None = _opt(None, "inference threads (default: all cores)", type=positive_int)
+    no_calibration: bool = _opt(
+        False, "raw scores: ignore the model's calibration.json (and so its prediction sets)"
+    )
+    coverage: float | None = _opt(
+        None, "coverage of the conformal prediction sets (default: the saved one, 0.9)"
+    )
 
 
 @dataclass(kw_only=True)
@@ -380,6 +386,8 @@ def _load_predictor(args: EvaluateSettings | PredictSettings, model: str | None 
         backend=args.backend,
         precision=args.precision,
         threads=args.threads,
+        calibrated=not args.no_calibration,
+        coverage=args.coverage,
     )
 
 
@@ -439,10 +447,12 @@ def cmd_train(config: TrainConfig) -> int:
 
 def cmd_evaluate(args: EvaluateSettings) -> int:
     from finlora.artifacts import check_output_file, write_json
+    from finlora.calibration import uncertainty_blocks
     from finlora.data.prepare import multi_hot
     from finlora.data.sources import as_label_list, read_labelled
     from finlora.data.validate import check_known_labels, clean
     from finlora.evaluation import (
+        apply_thresholds,
         classification_report,
         format_multilabel_report,
         format_report,
@@ -469,21 +479,22 @@ def cmd_evaluate(args: EvaluateSettings) -> int:
         check_known_labels(
             frame, predictor.labels, args.data, fix="evaluate a model trained on them"
         )
+        logits = predictor.logits(frame["text"])
         if predictor.multi_label:
+            truth = multi_hot(frame["label"], predictor.labels)
             block = multilabel_report(
-                multi_hot(frame["label"], predictor.labels),
-                predictor.predict_label_matrix(frame["text"]),
+                truth,
+                apply_thresholds(predictor.scores(logits), predictor.thresholds),
                 predictor.labels,
-                predictor.thresholds,
+                predictor.raw_thresholds,
             )
+            block.update(uncertainty_blocks(predictor, logits, truth))
             log.info("\n%s", format_multilabel_report(block, Path(data).name))
         else:
             index = {name: i for i, name in enumerate(predictor.labels)}
-            block = classification_report(
-                [index[lab] for lab in frame["label"]],
-                predictor.predict_ids(frame["text"]),
-                predictor.labels,
-            )
+            truth = [index[lab] for lab in frame["label"]]
+            block = classification_report(truth, logits.argmax(-1), predictor.labels)
+            block.update(uncertainty_blocks(predictor, logits, truth))
             log.info("\n%s", format_report(block, Path(data).name))
         if args.output:
             output = Path(tmp) / "metrics.json" if args.output.startswith("s3://") else args.output

@@ -291,6 +291,11 @@ class OptimSettings(Settings):
         "new model that many epochs on training + validation rows and ship that one (about "
         "twice the training time; the validation figures reported stay the selected model's)",
     )
+    calibrate: bool = _opt(
+        True,
+        "fit temperature scaling (multi-label: per-label Platt scaling) and conformal "
+        "prediction sets on validation, saved as calibration.json (not with --refit)",
+    )
     seed: int = _opt(42, "seed for split, initialisation and data order")
     fp16: bool = _opt(False, "fp16 mixed precision (CUDA); without CUDA falls back to bf16/fp32")
     bf16: bool = _opt(True, "bf16 mixed precision where supported (AVX-512 BF16 CPU, GPU)")

@@ -192,7 +192,10 @@ def classify_document(
     """Classify every piece of a document; return the labelled spans and a summary.
 
     Multi-label models: a span is returned when at least one label's score reaches its
-    threshold (`labels` lists them). Single-label models: every piece with its class.
+    threshold (`labels` lists them). Single-label models: every piece with its class. With a
+    calibration (calibration.json), each span also carries its `prediction_set` and
+    `needs_review` (multi-label: `unsure`), and the summary counts `needs_review` over all
+    pieces (a multi-label piece with no label but an unsure one counts there, not in spans).
     Offsets index `text` (for .xml/.pdf, the text `read_document` returns).
     """
     window = window_size(predictor, window)
@@ -205,19 +208,25 @@ def classify_document(
         decisions = apply_thresholds(scores, predictor.thresholds)
     else:
         decisions = np.eye(len(predictor.labels), dtype=int)[scores.argmax(-1)]
+    sets = predictor.prediction_sets(scores) if scores is not None else None
     spans = []
-    for (start, end), row, hits in zip(pieces, scores if scores is not None else [], decisions):
+    review = 0
+    for i, ((start, end), row, hits) in enumerate(
+        zip(pieces, scores if scores is not None else [], decisions)
+    ):
+        review += bool(sets and sets["needs_review"][i])
         if not hits.any():
             continue
-        spans.append(
-            {
-                "start": start,
-                "end": end,
-                "text": text[start:end],
-                "labels": [lab for lab, hit in zip(predictor.labels, hits) if hit],
-                "scores": {lab: round(float(s), 6) for lab, s in zip(predictor.labels, row)},
-            }
-        )
+        span = {
+            "start": start,
+            "end": end,
+            "text": text[start:end],
+            "labels": [lab for lab, hit in zip(predictor.labels, hits) if hit],
+            "scores": {lab: round(float(s), 6) for lab, s in zip(predictor.labels, row)},
+        }
+        if sets:
+            span.update({key: values[i] for key, values in sets.items()})
+        spans.append(span)
     per_label = {}
     for j, name in enumerate(predictor.labels):
         hit = decisions[:, j].astype(bool)
@@ -237,5 +246,10 @@ def classify_document(
         if predictor.multi_label
         else None,
         "spans": spans,
-        "summary": {"labelled_pieces": len(spans), "per_label": per_label},
+        "coverage": predictor.coverage,
+        "summary": {
+            "labelled_pieces": len(spans),
+            "per_label": per_label,
+            **({"needs_review": review} if sets else {}),
+        },
     }

@@ -78,7 +78,7 @@ def format_report(block: dict, title: str = "test") -> str:
             f"  {name:<16}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
             f"{row['support']:>10}{block['prediction_distribution'][name]:>10}"
         )
-    return "\n".join(rows)
+    return "\n".join(rows + uncertainty_lines(block))
 
 
 # --- multi-label ---------------------------------------------------------------------------
@@ -203,4 +203,25 @@ def format_multilabel_report(block: dict, title: str = "test") -> str:
             f"  {name:<16}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
             f"{row['support']:>10}{block['prediction_distribution'][name]:>10}"
         )
-    return "\n".join(rows)
+    return "\n".join(rows + uncertainty_lines(block))
+
+
+def uncertainty_lines(block: dict) -> list[str]:
+    """The calibration and conformal figures of a metrics block, if it has them."""
+    rows = []
+    cal = block.get("calibration")
+    if cal:
+        rows.append(
+            f"  calibration: ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, Brier "
+            f"{cal['brier_before']:.4f} -> {cal['brier_after']:.4f}"
+            + (f" (T={cal['temperature']:.3f})" if cal.get("temperature") else "")
+        )
+    conf = block.get("conformal")
+    if conf:
+        accepted = conf.get("accuracy_on_accepted")
+        rows.append(
+            f"  prediction sets at {conf['coverage_target']:.2f}: coverage {conf['coverage']:.4f}, "
+            f"sent to review {100 * conf['review_share']:.1f}%, accuracy on the rest "
+            + (f"{accepted:.4f}" if accepted is not None else "-")
+        )
+    return rows

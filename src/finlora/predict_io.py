@@ -116,7 +116,9 @@ def predict_file(
     """Score every row; write input columns + `label` + `prob_<class>`; return rows scored.
 
     Multi-label models write `labels` (the predicted labels joined by "|", empty when none
-    applies) and `prob_<label>` sigmoid scores.
+    applies) and `prob_<label>` sigmoid scores. A model with calibration.json adds
+    `prediction_set` (labels joined by "|"; multi-label: the surely present ones), multi-label
+    `unsure`, and `needs_review` (true/false); `prob_` columns are then calibrated.
     """
     writer = _Writer(output) if output else None
     rows = 0
@@ -137,6 +139,14 @@ def predict_file(
                     scored["label"] = [predictor.labels[i] for i in probs.argmax(-1)]
                 for j, name in enumerate(predictor.labels):
                     scored[f"prob_{name}"] = probs[:, j]
+                sets = predictor.prediction_sets(probs)
+                if sets:  # "|"-joined like `labels`, so every format holds it
+                    scored["prediction_set"] = [
+                        MULTI_LABEL_SEPARATOR.join(s) for s in sets["prediction_set"]
+                    ]
+                    if "unsure" in sets:
+                        scored["unsure"] = [MULTI_LABEL_SEPARATOR.join(s) for s in sets["unsure"]]
+                    scored["needs_review"] = sets["needs_review"]
                 if writer:
                     writer.write(scored)
                 else:

@@ -27,6 +27,7 @@ from finlora.artifacts import (
     read_json,
     require_model_dir,
 )
+from finlora.calibration import Calibration, check_coverage, load_calibration
 from finlora.errors import FinloraError
 from finlora.evaluation import DEFAULT_THRESHOLD, apply_thresholds, sigmoid
 from finlora.mean_pooling import load_finetuned
@@ -106,6 +107,11 @@ class Predictor:
     A multi-label model (config `problem_type` "multi_label_classification") gives one
     sigmoid score per label, and a label is predicted when its score reaches that label's
     threshold (tuned on validation by `finlora train`, read from thresholds.json).
+
+    With a `calibration` (calibration.json, `finlora.calibration`), `scores`/`probabilities`
+    are calibrated (temperature or per-label Platt scaling; labels unchanged), `thresholds`
+    are mapped into that space (`raw_thresholds` keeps the saved ones), and each `predict`
+    record carries a conformal `prediction_set` at `coverage` and `needs_review`.
     """
 
     def __init__(
@@ -117,6 +123,8 @@ class Predictor:
         labels: list[str] | None = None,
         thresholds: Sequence[float] | None = None,
         multi_label: bool | None = None,
+        calibration: Calibration | None = None,
+        coverage: float | None = None,
     ) -> None:
         if isinstance(model, OnnxRunner):
             if labels is None:
@@ -133,12 +141,41 @@ class Predictor:
             problem_type = getattr(getattr(model, "config", None), "problem_type", None)
             multi_label = problem_type == "multi_label_classification"
         self.multi_label = multi_label
-        self.thresholds = list(thresholds or [DEFAULT_THRESHOLD] * len(self.labels))
+        self.calibration = calibration
+        self.coverage = coverage
+        # As saved (thresholds.json): on the uncalibrated sigmoid scores.
+        self.raw_thresholds = [float(t) for t in thresholds or [DEFAULT_THRESHOLD] * len(labels)]
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._fast = _fast_tokenizer(tokenizer, max_length)
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Per-label decision thresholds in the space of `scores` (calibrated if it is)."""
+        if self.multi_label and self.calibration is not None:
+            return self.calibration.map_thresholds(self.raw_thresholds)
+        return self.raw_thresholds
+
+    @thresholds.setter
+    def thresholds(self, values: Sequence[float]) -> None:
+        if self.multi_label and self.calibration is not None:
+            values = self.calibration.unmap_thresholds(values)
+        self.raw_thresholds = [float(v) for v in values]
+
+    @property
+    def coverage(self) -> float | None:
+        """The conformal coverage of `prediction_set`s (None: no sets)."""
+        if self.calibration is None or not self.calibration.has_sets:
+            return None
+        return self._coverage if self._coverage is not None else self.calibration.coverage
+
+    @coverage.setter
+    def coverage(self, value: float | None) -> None:
+        if value is not None:
+            check_coverage(value)
+        self._coverage = value
 
     @property
     def backend(self) -> str:
@@ -156,6 +193,8 @@ class Predictor:
         backend: str = "torch",
         precision: str = "auto",
         threads: int | None = None,
+        calibrated: bool = True,
+        coverage: float | None = None,
     ) -> Predictor:
         """Load an output dir with the torch backend (plain transformers, no PEFT needed) or
         its ONNX export.
@@ -166,9 +205,12 @@ class Predictor:
             backend: "torch", "onnx", or "auto" (the export when there is one).
             precision: ONNX model: "fp32", "int8" or "auto" (int8 when exported).
             threads: inference threads (default: all cores).
+            calibrated: apply calibration.json when the model has one (False: raw scores, no
+                prediction sets).
+            coverage: the prediction sets' coverage (default: the one saved, 0.9).
 
         Returns:
-            A Predictor with the model's labels, max_length and tuned thresholds.
+            A Predictor with the model's labels, max_length, tuned thresholds and calibration.
         """
         if batch_size < 1:
             raise FinloraError(f"--batch_size must be at least 1, got {batch_size}")
@@ -178,6 +220,8 @@ class Predictor:
             raise FinloraError(f"--backend {backend!r} is unknown; use one of {BACKENDS}")
         if precision not in PRECISIONS:
             raise FinloraError(f"--precision {precision!r} is unknown; use one of {PRECISIONS}")
+        if coverage is not None:  # before the (slow) model load
+            check_coverage(coverage)
         onnx_dir = find_onnx_dir(model_dir)
         if backend == "auto":
             backend = "onnx" if onnx_dir else "torch"
@@ -187,7 +231,8 @@ class Predictor:
                     f"{model_dir} has no ONNX export; run `finlora export --model {model_dir} "
                     "--format onnx` first, or use --backend torch"
                 )
-            return cls._load_onnx(onnx_dir, batch_size, precision, threads)
+            predictor = cls._load_onnx(onnx_dir, batch_size, precision, threads)
+            return predictor.with_calibration(onnx_dir, calibrated, coverage)
         if precision == "int8":
             raise FinloraError("--precision int8 needs --backend onnx (torch runs fp32)")
         model_dir = require_model_dir(model_dir)
@@ -199,13 +244,23 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-        return cls(
+        predictor = cls(
             model,
             tokenizer,
             saved_max_length(model_dir, tokenizer),
             batch_size,
             thresholds=saved_thresholds(model_dir, labels),
         )
+        return predictor.with_calibration(model_dir, calibrated, coverage)
+
+    def with_calibration(
+        self, model_dir: str | Path, calibrated: bool = True, coverage: float | None = None
+    ) -> Predictor:
+        """Apply `model_dir`'s calibration.json, if it has one and `calibrated`."""
+        self.coverage = coverage  # checked even when unused: a typo should not pass silently
+        if calibrated:
+            self.calibration = load_calibration(model_dir, self.labels)
+        return self
 
     @classmethod
     def _load_onnx(
@@ -291,7 +346,22 @@ class Predictor:
         return self.scores(self.logits(texts))
 
     def scores(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax / sigmoid of the logits, calibrated when the predictor has a calibration."""
+        if self.calibration is not None:
+            return self.calibration.apply(logits)
         return sigmoid(logits) if self.multi_label else softmax(logits)
+
+    def prediction_sets(self, scores: np.ndarray) -> dict[str, list] | None:
+        """Conformal sets of calibrated `scores` at `coverage`: `prediction_set` (labels;
+        multi-label: those surely present), `unsure` (multi-label: labels the set cannot
+        decide) and `needs_review` per row; None when the model has no calibration."""
+        if self.coverage is None:
+            return None
+        sets, unsure, review = self.calibration.prediction_sets(scores, self.coverage)
+        out = {"prediction_set": sets, "needs_review": review}
+        if self.multi_label:
+            out["unsure"] = unsure
+        return out
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
         """Classify texts.
@@ -301,12 +371,13 @@ class Predictor:
 
         Returns:
             One `{"label", "probabilities", "truncated"}` record per text; multi-label:
-            `{"labels", "scores", "truncated"}`.
+            `{"labels", "scores", "truncated"}`; with a calibration also `prediction_set` and
+            `needs_review` (multi-label: and `unsure`).
         """
         logits, truncated = self.logits_and_truncation(texts)
+        scores = self.scores(logits)
         if self.multi_label:
-            scores = sigmoid(logits)
-            return [
+            records = [
                 {
                     "labels": [lab for lab, hit in zip(self.labels, row) if hit],
                     "scores": {lab: round(float(p), 6) for lab, p in zip(self.labels, values)},
@@ -316,14 +387,20 @@ class Predictor:
                     apply_thresholds(scores, self.thresholds), scores, truncated
                 )
             ]
-        return [
-            {
-                "label": self.labels[int(row.argmax())],
-                "probabilities": {lab: round(float(p), 6) for lab, p in zip(self.labels, row)},
-                "truncated": cut,
-            }
-            for row, cut in zip(softmax(logits), truncated)
-        ]
+        else:
+            records = [
+                {
+                    "label": self.labels[int(row.argmax())],
+                    "probabilities": {lab: round(float(p), 6) for lab, p in zip(self.labels, row)},
+                    "truncated": cut,
+                }
+                for row, cut in zip(scores, truncated)
+            ]
+        sets = self.prediction_sets(scores)
+        if sets:
+            for i, record in enumerate(records):
+                record.update({key: values[i] for key, values in sets.items()})
+        return records
 
     def predict_ids(self, texts: Sequence[str]) -> list[int]:
         return self.logits(texts).argmax(-1).tolist()

@@ -148,6 +148,32 @@ class ClassScores(Record):
 
 
 @record
+class CalibrationScores(Record):
+    """`calibration` of a split (`finlora.calibration.calibration_report`): expected
+    calibration error (15 equal-width bins) and Brier score of the raw and the calibrated
+    probabilities; `temperature` is the fitted T (null for multi-label, per-label Platt)."""
+
+    ece_before: float
+    ece_after: float
+    brier_before: float
+    brier_after: float
+    temperature: float | None = None
+
+
+@record
+class ConformalScores(Record):
+    """`conformal` of a split (`finlora.calibration.conformal_report`): the prediction sets
+    at `coverage_target`, how often they held the truth, and the texts sent to review."""
+
+    coverage_target: float
+    coverage: float
+    review_share: float
+    accepted: int
+    accuracy_on_accepted: float | None = None
+    mean_set_size: float
+
+
+@record
 class SingleLabelMetrics(Record):
     """`test` / `validation` of a single-label run (`finlora.evaluation.classification_report`)."""
 
@@ -159,6 +185,8 @@ class SingleLabelMetrics(Record):
     confusion_matrix: list[list[int]]  # rows: true class, columns: predicted, in label order
     prediction_distribution: dict[str, int]
     never_predicted: list[str]
+    calibration: CalibrationScores | None = optional()  # models with calibration.json
+    conformal: ConformalScores | None = optional()
 
 
 @record
@@ -189,7 +217,9 @@ class MultiLabelMetrics(Record):
     prediction_distribution: dict[str, int]
     rows_without_label: RowsWithoutLabel
     never_predicted: list[str]
-    thresholds: dict[str, float] | None = optional()
+    thresholds: dict[str, float] | None = optional()  # on the raw (uncalibrated) scores
+    calibration: CalibrationScores | None = optional()  # models with calibration.json
+    conformal: ConformalScores | None = optional()
 
     @property
     def accuracy(self) -> float:

@@ -23,6 +23,12 @@ from finlora.artifacts import (
     TRAINING_ARGS,
     write_json,
 )
+from finlora.calibration import (
+    CALIBRATION,
+    Calibration,
+    calibration_report,
+    conformal_report,
+)
 from finlora.config import TrainConfig, save_config
 from finlora.data import PreparedData
 from finlora.evaluation import (
@@ -138,12 +144,24 @@ def write_artifacts(
     if data.multi_label:
         predictor.thresholds = selection.thresholds
         write_thresholds(staging, selection.thresholds, data)
+    warnings = []
+    if config.calibrate and refit:
+        warnings.append(
+            "no calibration.json: --refit trains on the validation split, which calibration "
+            "and the conformal prediction sets need held out"
+        )
+    elif config.calibrate and data.validation.empty:
+        warnings.append("no calibration.json: the validation split is empty")
+    elif config.calibrate:
+        calibrate(predictor, data, staging, selection)
     test = split_report(predictor, data, "test")
     if test:
         log.info("\n%s", (format_multilabel_report if data.multi_label else format_report)(test))
     warning = None if data.multi_label else single_class_warning(selection.validation, config)
     if warning:
-        log.warning(warning)
+        warnings.insert(0, warning)
+    for line in warnings:
+        log.warning(line)
     results = FinalResults(
         task=data.problem_type,
         labels=data.labels,
@@ -171,7 +189,7 @@ def write_artifacts(
         ),
         data=DataReport.from_dict(data.info),
         train_token_lengths=TokenLengths.from_dict(final.train_token_lengths),
-        warnings=[warning] if warning else [],
+        warnings=warnings,
         versions=library_versions(),
     )
     if refit:
@@ -187,24 +205,59 @@ def write_artifacts(
     return results
 
 
+def calibrate(
+    predictor: Predictor, data: PreparedData, staging: Path, selection: Selection
+) -> Calibration:
+    """Fit calibration and the conformal scores on validation, save calibration.json, set
+    it on `predictor` and add the validation `calibration` / `conformal` blocks."""
+    logits = predictor.logits(data.validation["text"])
+    truth = validation_truth(data, "validation")
+    calibration = Calibration.fit(logits, truth, data.labels, data.multi_label)
+    # raw_thresholds are untouched: the predictor maps them, so decisions do not change
+    predictor.calibration = calibration
+    calibration.save(staging)
+    fitted = calibration_report(logits, truth, calibration)
+    conformal = conformal_report(calibration.apply(logits), truth, calibration)
+    if selection.validation is not None:
+        selection.validation.update(calibration=fitted, conformal=conformal)
+    log.info("calibration on validation (n=%d): %s; %s", len(truth), fitted, conformal)
+    return calibration
+
+
+def validation_truth(data: PreparedData, split: str) -> np.ndarray:
+    """Class ids (single-label) or the 0/1 label matrix (multi-label) of a split."""
+    if data.multi_label:
+        return np.asarray(data.label_matrix(split))
+    return np.asarray(data.label_ids(split))
+
+
 def split_report(
     predictor: Predictor, data: PreparedData, split: str, scores: np.ndarray | None = None
 ) -> dict | None:
     """The metrics block of one split (None for an empty test split); multi-label `scores`
-    already computed for it are reused."""
+    already computed for it (by an uncalibrated predictor) are reused. A calibrated
+    predictor adds the `calibration` and `conformal` blocks."""
     frame = getattr(data, split)
     if frame.empty:
         return None
+    calibration = predictor.calibration
+    logits = None
+    if scores is None or calibration is not None:
+        logits = predictor.logits(frame["text"])
+        scores = predictor.scores(logits)
     if data.multi_label:
-        if scores is None:
-            scores = predictor.probabilities(frame["text"])
-        return multilabel_report(
+        block = multilabel_report(
             data.label_matrix(split), apply_thresholds(scores, predictor.thresholds),
-            data.labels, predictor.thresholds,
+            data.labels, predictor.raw_thresholds,
         )  # fmt: skip
-    return classification_report(
-        data.label_ids(split), predictor.predict_ids(frame["text"]), data.labels
-    )
+    else:
+        block = classification_report(data.label_ids(split), scores.argmax(-1), data.labels)
+    if calibration is not None:
+        truth = validation_truth(data, split)
+        block["calibration"] = calibration_report(logits, truth, calibration)
+        if calibration.has_sets:
+            block["conformal"] = conformal_report(scores, truth, calibration)
+    return block
 
 
 def write_thresholds(staging: Path, thresholds: list[float], data: PreparedData) -> None:
@@ -247,6 +300,20 @@ def write_model_card(path: Path, results: FinalResults) -> None:
         lines.append(
             f"- multi-label, per-label thresholds in `{THRESHOLDS}`: test macro-F1 "
             f"{test.macro_f1:.4f}, micro-F1 {test.micro_f1:.4f} (n={test.size})"
+        )
+    calibration = getattr(test, "calibration", None)
+    if calibration:
+        lines.append(
+            f"- calibrated on validation (`{CALIBRATION}`): test ECE "
+            f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}, Brier "
+            f"{calibration.brier_before:.4f} -> {calibration.brier_after:.4f}"
+        )
+    conformal = getattr(test, "conformal", None)
+    if conformal:
+        lines.append(
+            f"- prediction sets at {conformal.coverage_target:g} coverage: test coverage "
+            f"{conformal.coverage:.4f}, {100 * conformal.review_share:.1f}% of texts flagged "
+            "`needs_review`"
         )
     refit = results.refit
     if refit:

@@ -128,7 +128,9 @@ def test_body_limit_is_per_route(multilabel_client, tos_text):
 def test_predict_and_metrics_on_a_multilabel_model(multilabel_client):
     response = multilabel_client.post("/v1/predict", json={"texts": ["we may end this ."]})
     assert response.status_code == 200, response.text
-    assert set(response.json()["predictions"][0]) == {"labels", "scores", "truncated"}
+    assert set(response.json()["predictions"][0]) == {
+        "labels", "scores", "truncated", "prediction_set", "unsure", "needs_review"
+    }  # fmt: skip
     multilabel_client.post(ROUTE, json={"text": "We may end this at any time."})
     text = multilabel_client.get("/metrics").text
     assert f'finlora_http_requests_total{{method="POST",route="{ROUTE}",status="200"}}' in text

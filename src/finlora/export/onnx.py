@@ -7,6 +7,7 @@ Layout of `<model dir>/onnx/` (written atomically: a failed export leaves no dir
     model.int8.onnx                 int8 weights, dynamic int8 activations (--quantize int8)
     tokenizer.json, tokenizer_config.json, config.json, labels.json
     thresholds.json                 multi-label models: the tuned per-label thresholds
+    calibration.json                when trained with calibration: score map, conformal scores
     export.json                     opset, versions, max_length, sha256 of every file, parity
 """
 
@@ -37,6 +38,7 @@ from finlora.artifacts import (
     require_model_dir,
     write_json,
 )
+from finlora.calibration import CALIBRATION
 from finlora.config import resolve_config
 from finlora.data.sources import file_sha256
 from finlora.errors import FinloraError
@@ -146,8 +148,9 @@ def export_onnx(
             staging / LABELS_FILE,
             {"labels": labels, "id2label": dict(enumerate(labels))},
         )
-        if (model_dir / THRESHOLDS).is_file():  # the export must run without its parent dir
-            shutil.copyfile(model_dir / THRESHOLDS, staging / THRESHOLDS)
+        for name in (THRESHOLDS, CALIBRATION):  # the export must run without its parent dir
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, staging / name)
         reference = torch_reference(model, tokenizer, max_length, data, thresholds)
         check = (model, tokenizer, max_length, labels, staging)
         parity, failures = verify(*check, precisions, data, threads, thresholds, reference)
