@@ -65,7 +65,9 @@ def test_train_then_predict_and_evaluate_in_process(tmp_path, tiny_model_dir, ph
     assert (out / "final_results.json").is_file()
     predictor = Predictor.load(out)
     records = predictor.predict(TEXTS)
-    assert [set(r) for r in records] == [{"label", "probabilities", "truncated"}] * 2
+    assert [set(r) for r in records] == [
+        {"label", "probabilities", "truncated", "prediction_set", "needs_review"}
+    ] * 2
     assert all(r["label"] in predictor.labels for r in records)
     metrics = evaluate(out, TEXTS, ["negative", "positive"])
     assert 0 <= metrics["macro_f1"] <= 1

@@ -78,7 +78,9 @@ class BackendSettings:
     precision: str = _opt("auto", "ONNX model (auto: int8 if exported)", choices=PRECISIONS)
     threads: int | None = _opt(None, "inference threads (default: all cores)", type=positive_int)
     no_calibration: bool = _opt(
-        False, "raw scores: ignore the model's calibration.json (and so its prediction sets)"
+        False,
+        "raw scores: ignore the model's calibration.json (and so its prediction sets)",
+        switch=True,
     )
     coverage: float | None = _opt(
         None, "coverage of the conformal prediction sets (default: the saved one, 0.9)"

@@ -10,7 +10,8 @@ under it) supplies the default. Field metadata (dataclass `metadata`, pydantic
 - `choices`: the values argparse accepts;
 - `flag`: the flag's name when it is not the field's (`--model` for `model_dir`);
 - `positional`: an `nargs` ("*" or argparse.REMAINDER): a positional argument;
-- `off_flag` / `off_help`: a second flag setting a bool field to False (`--no_lora`).
+- `off_flag` / `off_help`: a second flag setting a bool field to False (`--no_lora`);
+- `switch`: a bool flag that takes no value (`--no_calibration`), safe before positional texts.
 
 A field without a default is a required flag. Flags are grouped (`--help`) by the class that
 declares them, titled by `titles` (e.g. the groups of `TrainConfig`).
@@ -46,6 +47,7 @@ class Flag:
     off_flag: str | None = None
     off_help: str = ""
     group: str | None = None
+    switch: bool = False  # a bool flag that takes no value (safe before positional texts)
 
 
 def positive_int(text: str) -> int:
@@ -94,6 +96,7 @@ def dataclass_flags(cls: type, titles: dict[type, str] | None = None) -> list[Fl
                 positional=meta.get("positional"),
                 off_flag=meta.get("off_flag"),
                 off_help=meta.get("off_help", ""),
+                switch=meta.get("switch", False),
                 group=(titles or {}).get(declared[f.name]),
             )
         )
@@ -165,7 +168,16 @@ def _add_flag(parser: Any, flag: Flag) -> None:
         )
         return
     name = f"--{flag.flag or flag.name}"
-    if flag.kind is bool:
+    if flag.kind is bool and flag.switch:
+        parser.add_argument(
+            name,
+            dest=flag.name,
+            action="store_const",
+            const=True,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+    elif flag.kind is bool:
         parser.add_argument(
             name,
             dest=flag.name,
