@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest /v1/classify-document text (default: 2000000; its body limit is 6 bytes "
         "per character)",
     )
+    # API keys come from FINLORA_API_KEYS or this file, never from a flag value (`ps` shows it).
+    serve.add_argument("--api_keys_file", help="API keys, one per line (# comments)")
+    serve.add_argument("--ssl_certfile", help="TLS certificate (PEM); needs --ssl_keyfile")
+    serve.add_argument("--ssl_keyfile", help="TLS private key (PEM)")
+    serve.add_argument("--max_queue_texts", type=int, help="queue bound, 503 past it (512)")
+    serve.add_argument("--request_timeout_s", type=float, help="queue deadline, 503 past it (5)")
+    serve.add_argument("--graceful_timeout_s", type=float, help="SIGTERM grace period (10)")
     serve.set_defaults(handler=cmd_serve)
 
     from finlora.compare import CompareConfig
