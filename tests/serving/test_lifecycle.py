@@ -139,7 +139,7 @@ def test_tls_with_api_keys_from_a_file(exported_dir, tmp_path):
             assert refused.status_code == 401
             assert refused.headers["www-authenticate"] == "Bearer"
         with pytest.raises(httpx.TransportError):  # plain HTTP on the TLS port
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
         with pytest.raises(httpx.ConnectError):  # a client that does not trust the cert
             httpx.get(f"{base}/healthz", timeout=5)
     finally:
@@ -235,20 +235,30 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(exported_dir
             t.join(timeout=30)
     exit_s = time.monotonic() - sigterm_at
     log = log_path.read_text()
+    outcomes = sorted({str(r[:2]) for r in results.values()})
     assert code == 0, log[-3000:]
-    assert exit_s < GRACE_S + 5, exit_s
+    # The server's own clock: from SIGTERM to the end of serving within the grace period; the
+    # interpreter's exit after that gets slack for a loaded machine.
+    stamps = {
+        event: time.strptime(re.search(rf"^(\d\d:\d\d:\d\d) .*{event}", log, re.M)[1], "%H:%M:%S")
+        for event in ("Shutting down", "Finished server process")
+    }
+    served_s = time.mktime(stamps["Finished server process"]) - time.mktime(stamps["Shutting down"])
+    assert served_s <= GRACE_S + 1, (served_s, log[-3000:])
+    assert exit_s < GRACE_S + 10, (exit_s, outcomes, log[-3000:])
     assert "Application shutdown complete" in log
 
     # Every request the app saw (it logs each one, whatever the outcome) got its answer.
     seen = dict(re.findall(r"\[(w\d+-\d+)\] POST /v1/predict (\d+)", log))
     assert seen, log[-3000:]
     for request_id, status in seen.items():
-        assert results.get(request_id, ("lost",))[:2] == ("status", int(status)), request_id
+        outcome = results.get(request_id, ("lost",))
+        assert outcome[:2] == ("status", int(status)), (request_id, status, outcome, outcomes)
     statuses = {r[1] for r in results.values() if r[0] == "status"}
     assert statuses <= {200, 503}, statuses
     # The rest never reached the app: refused or closed connections, not half-answered ones.
     unseen = [r for i, r in results.items() if i not in seen]
-    assert all(r[0] == "error" for r in unseen), unseen
+    assert all(r[0] == "error" for r in unseen), (unseen, log[-3000:])
     # Some were in flight at SIGTERM (0.15 s batches, 12 clients) and still finished with 200.
     finished_after = [r for r in results.values() if r[:2] == ("status", 200) and r[2] > sigterm_at]
-    assert finished_after, "no request was in flight at SIGTERM"
+    assert finished_after, ("no request was in flight at SIGTERM", outcomes)

@@ -10,6 +10,7 @@ Run with `finlora serve --model DIR` or `uvicorn --factory finlora.serve.app:cre
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
@@ -97,6 +98,11 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
             threads=settings.threads,
         )
         await asyncio.to_thread(predictor.predict, ["warm-up"])  # first call allocates
+        # The libraries and the model are loaded for good: keep the garbage collector off
+        # them, both while serving (shorter pauses) and at exit (the final collection over
+        # torch/transformers objects took seconds, past the SIGTERM grace period).
+        gc.collect()
+        gc.freeze()
         app.state.predictor = predictor
         app.state.model_info = describe_model(settings, predictor)
         app.state.batcher = MicroBatcher(
@@ -299,11 +305,19 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
         ) from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, NaN, Infinity
+        raise ApiError(400, f"malformed JSON: {str(exc).split(':')[0]}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def validation_message(errors: list[dict]) -> str:
@@ -417,13 +431,16 @@ def run(overrides: dict[str, Any]) -> None:
             ssl_keyfile=settings.ssl_keyfile and str(settings.ssl_keyfile),
         )
     )
-    # uvicorn re-raises the SIGTERM it caught once it has shut down, which would end the
-    # process with -15; a graceful stop on request is a success, so that re-raise does nothing.
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    # uvicorn re-raises the signal it caught once it has shut down, which would end the
+    # process with -15 (or a KeyboardInterrupt); a graceful stop on request is a success, so
+    # that re-raise does nothing.
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in stops}
     try:
         server.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:
         raise FinloraError("the service did not start; see the log above")
 
