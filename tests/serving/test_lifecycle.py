@@ -143,7 +143,7 @@ def test_tls_with_api_keys_from_a_file(exported_dir, tmp_path):
         with pytest.raises(httpx.ConnectError):  # a client that does not trust the cert
             httpx.get(f"{base}/healthz", timeout=5)
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)  # Ctrl-C: a graceful stop too, exit status 0
         assert process.wait(timeout=30) == 0, log_path.read_text()
     log = log_path.read_text()
     assert "POST /v1/predict 200" in log and "POST /v1/predict 401" in log

@@ -224,7 +224,7 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
         check_window(predictor, document)
         try:  # one document at a time; waiting for the one before has the same deadline
             await asyncio.wait_for(document_lock.acquire(), settings.request_timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
             metrics.rejected.labels("deadline").inc()
             return busy_response(
                 f"server busy: the document waited {settings.request_timeout_s:g} s for the "

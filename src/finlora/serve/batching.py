@@ -115,7 +115,7 @@ class MicroBatcher:
         self.queue.put_nowait(job)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), self.timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
             if job.started:  # running already: it finishes
                 return await job.future
             self._release(job)
