@@ -2,7 +2,7 @@
 -- line, written by bench/serve_load.py), every request carries its own X-Request-ID, and every
 -- response is checked: its X-Request-ID must be one still pending on this thread and a 200 must
 -- hold exactly as many predictions as the request sent texts. `done` prints one JSON line.
--- Usage: wrk -t1 -c32 -d10s -s bench/wrk_predict.lua URL -- BODIES_FILE [MAX_REQUESTS] [KEY]
+-- Usage: wrk -t1 -c32 -d10s -s bench/wrk_predict.lua URL -- BODIES_FILE [_] [KEY]
 
 local threads = {}
 
@@ -18,7 +18,6 @@ function init(args)
       local _, n = line:gsub('","', "")  -- texts are JSON strings joined by ","
       table.insert(texts, n + 1)
    end
-   max_requests = tonumber(args[2] or "0")
    key = args[3]
    sent, answered, ok, refused, other, wrong_id, wrong_count = 0, 0, 0, 0, 0, 0, 0
    pending = {}
@@ -52,7 +51,6 @@ function response(status, headers, body)
    else
       other = other + 1
    end
-   if max_requests > 0 and answered >= max_requests then wrk.thread:stop() end
 end
 
 function done(summary, latency, requests)
