@@ -199,7 +199,8 @@ def read_frame(path: str | Path) -> pd.DataFrame:
         raise FinloraError(
             f"data file {path} is not UTF-8 ({exc.reason} at byte {exc.start}); re-save it as UTF-8"
         ) from exc
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+    # TypeError: a JSON Lines line that is not an object (`[1, 2]`); RecursionError: nesting.
+    except (ValueError, TypeError, RecursionError, OSError, pd.errors.ParserError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FinloraError(f"cannot read {path} as {suffix[1:]}: {first}") from exc
     raise FinloraError(

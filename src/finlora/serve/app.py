@@ -10,6 +10,7 @@ Run with `finlora serve --model DIR` or `uvicorn --factory finlora.serve.app:cre
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
@@ -30,12 +31,14 @@ from finlora.documents import classify_document, window_size
 from finlora.errors import FinloraError
 from finlora.predictor import Predictor, find_onnx_dir
 from finlora.results import FinalResults, SingleLabelMetrics, SplitMetrics, read_results
-from finlora.serve.batching import MicroBatcher
+from finlora.serve.auth import ApiKeyMiddleware, is_loopback, load_api_keys
+from finlora.serve.batching import MicroBatcher, Rejected
 from finlora.serve.observability import (
     REQUEST_ID,
     Metrics,
     RequestContextMiddleware,
     RequestIdFilter,
+    send_error,
 )
 from finlora.serve.schemas import (
     ClassifyDocumentRequest,
@@ -53,6 +56,7 @@ ROUTES = {"/v1/predict", DOCUMENT_ROUTE, "/v1/model", "/healthz", "/readyz", "/m
 # A character takes at most 6 bytes of JSON (`\uXXXX`), so a document of max_document_chars
 # always fits in the body limit of its route.
 JSON_BYTES_PER_CHAR = 6
+RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
@@ -64,12 +68,21 @@ class ApiError(Exception):
         self.detail = detail
 
 
-def error_response(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail, "request_id": REQUEST_ID.get()}, status_code=status)
+def error_response(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"detail": detail, "request_id": REQUEST_ID.get()}, status_code=status, headers=headers
+    )
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
+def busy_response(detail: str) -> JSONResponse:
+    return error_response(503, detail, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None = None) -> FastAPI:
+    """The service; `api_keys` default to FINLORA_API_KEYS and settings.api_keys_file."""
     settings = settings or load_settings()
+    if api_keys is None:
+        api_keys = load_api_keys(settings.api_keys_file)
     metrics = Metrics(ROUTES)
     # Documents are classified one at a time: one is already a long run of full batches, and
     # two at once would only share the cores (and the tokenizer, which is not thread-safe).
@@ -86,20 +99,33 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             threads=settings.threads,
         )
         await asyncio.to_thread(predictor.predict, ["warm-up"])  # first call allocates
+        # The libraries and the model are loaded for good: keep the garbage collector off
+        # them, both while serving (shorter pauses) and at exit (the final collection over
+        # torch/transformers objects took seconds, past the SIGTERM grace period).
+        gc.collect()
+        gc.freeze()
         app.state.predictor = predictor
         app.state.model_info = describe_model(settings, predictor)
         app.state.batcher = MicroBatcher(
-            predictor, settings.max_batch, on_batch=metrics.batch_size.observe
+            predictor,
+            settings.max_batch,
+            on_batch=metrics.batch_size.observe,
+            max_queue_texts=settings.max_queue_texts,
+            timeout_s=settings.request_timeout_s,
+            on_reject=lambda reason: metrics.rejected.labels(reason).inc(),
+            on_start=metrics.queue_wait.observe,
         )
+        metrics.queue_texts.set_function(lambda: app.state.batcher.queued_texts)
         app.state.batcher.start()
         metrics.ready.set(1)
         log.info(
-            "serving %s (%s %s, %s threads, labels %s)",
+            "serving %s (%s %s, %s threads, labels %s, %s)",
             settings.model_dir,
             predictor.backend,
             predictor.precision,
             app.state.model_info["threads"],
             predictor.labels,
+            f"{len(api_keys)} API key(s)" if api_keys else "no API keys",
         )
         yield
         metrics.ready.set(0)
@@ -113,10 +139,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             400: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
             422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
         },
     )
     app.state.predictor = None
+    app.state.draining = False  # set on SIGTERM: readyz and new work answer 503
     document_body = JSON_BYTES_PER_CHAR * settings.max_document_chars + 1024
+    # Inside the request-context layer, so a 401 carries a request ID and is logged and counted.
+    app.add_middleware(ApiKeyMiddleware, keys=api_keys, send_error=send_error)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,
@@ -127,6 +157,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.detail)
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, exc: Rejected):
+        return busy_response(exc.detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -153,6 +187,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             raise ApiError(
                 422, f"{len(texts)} texts in one request; the limit is {settings.max_batch}"
             )
+        if request.app.state.draining:
+            metrics.rejected.labels("shutting_down").inc()
+            return busy_response("server shutting down; retry on another instance")
         predictions = await request.app.state.batcher.predict(texts)
         for p in predictions:
             for label in p["labels"] if "labels" in p else [p["label"]]:
@@ -181,9 +218,20 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 f"text has {len(document.text)} characters; the limit is "
                 f"{settings.max_document_chars} (max_document_chars)",
             )
+        if request.app.state.draining:
+            metrics.rejected.labels("shutting_down").inc()
+            return busy_response("server shutting down; retry on another instance")
         predictor = request.app.state.predictor
         check_window(predictor, document)
-        async with document_lock:
+        try:  # one document at a time; waiting for the one before has the same deadline
+            await asyncio.wait_for(document_lock.acquire(), settings.request_timeout_s)
+        except asyncio.TimeoutError:  # not yet the builtin on Python 3.10
+            metrics.rejected.labels("deadline").inc()
+            return busy_response(
+                f"server busy: the document waited {settings.request_timeout_s:g} s for the "
+                "one before it (request_timeout_s); retry later"
+            )
+        try:
             result = await asyncio.to_thread(
                 classify_document,
                 predictor,
@@ -192,6 +240,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 window=document.window,
                 stride=document.stride,
             )
+        finally:
+            document_lock.release()
         return Response(json.dumps(result), media_type="application/json")
 
     @app.get("/healthz")
@@ -204,6 +254,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """The model is loaded and requests will be served."""
         if request.app.state.predictor is None:
             return error_response(503, "model not loaded yet")
+        if request.app.state.draining:
+            return error_response(503, "shutting down")
         return {"status": "ready"}
 
     @app.get("/v1/model")
@@ -254,11 +306,19 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
         ) from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, NaN, Infinity
+        raise ApiError(400, f"malformed JSON: {str(exc).split(':')[0]}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def validation_message(errors: list[dict]) -> str:
@@ -343,7 +403,13 @@ def configure_logging(level: str) -> None:
 
 
 def run(overrides: dict[str, Any]) -> None:
-    """`finlora serve`: validate settings and the model dir, then run uvicorn."""
+    """`finlora serve`: validate settings and the model dir, then run uvicorn.
+
+    SIGTERM or Ctrl-C stops it gracefully: the listener closes, /readyz answers 503, requests
+    in flight finish (for at most graceful_timeout_s), then the process exits 0.
+    """
+    import signal
+
     import uvicorn
 
     settings = load_settings(overrides)
@@ -356,18 +422,69 @@ def run(overrides: dict[str, Any]) -> None:
         log.warning("no ONNX export in %s; serving with the torch backend", settings.model_dir)
     if settings.backend == "torch" or find_onnx_dir(settings.model_dir) is None:
         require_model_dir(settings.model_dir)
+    check_tls(settings)
+    api_keys = load_api_keys(settings.api_keys_file)
     check_port_free(settings.host, settings.port)
     configure_logging(settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
+    if not api_keys and not is_loopback(settings.host):
+        log.warning(
+            "!!! serving on %s WITHOUT AUTHENTICATION: anyone who reaches this port can call "
+            "every route. Set FINLORA_API_KEYS or --api_keys_file. !!!",
+            settings.host,
+        )
+    app = create_app(settings, api_keys=api_keys)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.draining = True
+            super().handle_exit(sig, frame)
+
+    server = Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=settings.graceful_timeout_s,
+            ssl_certfile=settings.ssl_certfile and str(settings.ssl_certfile),
+            ssl_keyfile=settings.ssl_keyfile and str(settings.ssl_keyfile),
+        )
     )
+    # uvicorn re-raises the signal it caught once it has shut down, which would end the
+    # process with -15 (or a KeyboardInterrupt); a graceful stop on request is a success, so
+    # that re-raise does nothing.
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in stops}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        raise FinloraError("the service did not start; see the log above")
+
+
+def check_tls(settings: ServeSettings) -> None:
+    """Both TLS files or neither, each readable, before the model is loaded."""
+    given = [f for f in (settings.ssl_certfile, settings.ssl_keyfile) if f is not None]
+    if len(given) == 1:
+        raise FinloraError("TLS needs both --ssl_certfile and --ssl_keyfile")
+    for path in given:
+        if not Path(path).is_file():
+            raise FinloraError(f"TLS file {path} not found")
+    if given:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                str(settings.ssl_certfile), str(settings.ssl_keyfile)
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise FinloraError(
+                f"cannot load the TLS certificate/key ({exc}); both must be PEM files"
+            ) from None
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -53,6 +53,26 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        self.queue_texts = Gauge(
+            "finlora_queue_texts",
+            "Texts waiting for inference (accepted, not yet in a running batch)",
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "finlora_queue_wait_seconds",
+            "Time a request waited in the queue before its batch started",
+            buckets=LATENCY_BUCKETS + (2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "finlora_rejected_requests",
+            "Requests answered 503 without inference, by reason "
+            "(queue_full, deadline, shutting_down)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("queue_full", "deadline", "shutting_down"):
+            self.rejected.labels(reason)
         self.predicted = Counter(
             "finlora_predictions", "Texts classified, by label", ["label"], registry=self.registry
         )
@@ -133,11 +153,10 @@ class RequestContextMiddleware:
             await self.app(scope, receive_limited, send_with_id)
         except BodyTooLarge:
             if not started:
-                await _send_error(
+                await send_error(
                     send_with_id,
                     413,
                     f"request body larger than {limit} bytes; send fewer or shorter texts",
-                    request_id,
                 )
         finally:
             elapsed = time.perf_counter() - start
@@ -150,8 +169,12 @@ class RequestContextMiddleware:
             REQUEST_ID.reset(token)
 
 
-async def _send_error(send, status: int, detail: str, request_id: str) -> None:
-    body = json.dumps({"detail": detail, "request_id": request_id}).encode()
+async def send_error(
+    send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
+    """The service's one-line JSON error from plain ASGI code; closes the connection, as the
+    request body may be left unread."""
+    body = json.dumps({"detail": detail, "request_id": REQUEST_ID.get()}).encode()
     await send(
         {
             "type": "http.response.start",
@@ -160,6 +183,7 @@ async def _send_error(send, status: int, detail: str, request_id: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *headers,
             ],
         }
     )

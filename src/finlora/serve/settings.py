@@ -41,6 +41,22 @@ class ServeSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="uvicorn's log level"
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="file of API keys, one per line (# comments); keys also come from "
+        "FINLORA_API_KEYS (comma-separated), never from a flag",
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); needs ssl_keyfile")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM)")
+    max_queue_texts: int = Field(
+        512, ge=1, description="texts waiting for inference before new requests get 503"
+    )
+    request_timeout_s: float = Field(
+        5.0, gt=0, description="longest wait in the queue; past it the request gets 503"
+    )
+    graceful_timeout_s: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
 
 
 def load_settings(overrides: dict[str, Any] | None = None) -> ServeSettings:
