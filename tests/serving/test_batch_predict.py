@@ -51,7 +51,7 @@ def test_file_larger_than_a_chunk_is_scored_row_for_row(exported_dir, news_csv, 
     labels = ["negative", "neutral", "positive"]
     assert list(scored.columns) == ["id", "headline", "source", "label"] + [
         f"prob_{name}" for name in labels
-    ]
+    ] + ["prediction_set", "needs_review"]
     assert scored["id"].tolist() == list(range(ROWS))
     assert (scored["source"] == 'wire, "quoted"').all()
     texts = pd.read_csv(news_csv, keep_default_na=False)["headline"].tolist()
