@@ -6,11 +6,13 @@ import json
 import shutil
 import signal
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from processes import processes_with, stop_once_training
 
+import finlora.compare
 from finlora.artifacts import read_json
 from finlora.baseline import BaselineModel, train_baseline
 from finlora.cli import main
@@ -30,6 +32,34 @@ def one_thread_per_run():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
         yield
+
+
+class InProcess:
+    """Stands in for compare's spawned child and runs it here, in this process, with the same
+    entry function, arguments and exit-code contract. A fresh interpreter per run spends most
+    of a tiny run importing torch; what these tests check is what compare computes from the
+    runs. The real spawn is what the `single` fixture and the stop tests run."""
+
+    def __init__(self, target, args=(), name=None):
+        self.target, self.args, self.name = target, args, name
+        self.pid = self.exitcode = None
+
+    def start(self):
+        try:
+            self.target(*self.args)
+            self.exitcode = 0
+        except SystemExit as exc:
+            self.exitcode = exc.code if isinstance(exc.code, int) else 1
+
+    def join(self, timeout=None):
+        pass
+
+
+@pytest.fixture
+def runs_in_process(monkeypatch):
+    spawn = SimpleNamespace(Process=InProcess)
+    fake = SimpleNamespace(get_context=lambda method: spawn)
+    monkeypatch.setattr(finlora.compare, "multiprocessing", fake)
 
 
 def settings(data, model, out, **changes) -> CompareConfig:
@@ -117,7 +147,7 @@ def test_report_lists_the_warnings_of_its_runs(single, tmp_path):
     assert "- LoRA, seed 42: the trained model predicts 'neutral'" in markdown
 
 
-def test_rerun_skips_finished_runs_and_redoes_missing_ones(single):
+def test_rerun_skips_finished_runs_and_redoes_missing_ones(single, runs_in_process):
     config, _, out = single
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/final_results.json")}
     assert len(stamps) == 3
@@ -157,7 +187,9 @@ def test_folds_are_stratified_disjoint_and_cover_the_data(phrasebank_slice):
         prepare_folds(config, 1)
 
 
-def test_cross_validation_reports_mean_and_std(tmp_path, tiny_model_dir, phrasebank_slice):
+def test_cross_validation_reports_mean_and_std(
+    tmp_path, tiny_model_dir, phrasebank_slice, runs_in_process
+):
     out = tmp_path / "cv"
     config = settings(phrasebank_slice, tiny_model_dir, out, folds=2,
                       strategies=["lora", "baseline"])  # fmt: skip
@@ -262,7 +294,7 @@ def test_baseline_keeps_a_label_without_training_positives(tmp_path):
     assert decisions[:, 2].sum() == 0 and decisions[1, 0] == 1 and decisions[2, 1] == 1
 
 
-def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slice):
+def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slice, runs_in_process):
     out = tmp_path / "ml"
     config = settings(claudette_slice, tiny_model_dir, out, folds=3, validation_size=0.34,
                       strategies=["full", "baseline"])  # fmt: skip
@@ -365,6 +397,7 @@ TERMINATED = "finlora: terminated (SIGTERM); no half-written output was left"
 INTERRUPTED = "finlora: interrupted; no half-written output was left"
 
 
+@pytest.mark.slow  # a real `finlora compare` process and its spawned child, per case
 @pytest.mark.parametrize(
     ("signum", "whole_group", "code", "line"),
     [
