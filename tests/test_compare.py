@@ -38,7 +38,7 @@ class InProcess:
     """Stands in for compare's spawned child and runs it here, in this process, with the same
     entry function, arguments and exit-code contract. A fresh interpreter per run spends most
     of a tiny run importing torch; what these tests check is what compare computes from the
-    runs. The real spawn is what the `single` fixture and the stop tests run."""
+    runs. The real spawn runs in the `single` fixture (its LoRA run) and the stop tests."""
 
     def __init__(self, target, args=(), name=None):
         self.target, self.args, self.name = target, args, name
@@ -55,11 +55,22 @@ class InProcess:
         pass
 
 
+def in_process_but(spawned: str | None, patch: pytest.MonkeyPatch) -> None:
+    """compare's units run in this process, except those of strategy `spawned`."""
+    real = finlora.compare.multiprocessing.get_context("spawn")
+
+    def process(target, args, name):
+        if args[1].strategy == spawned:
+            return real.Process(target=target, args=args, name=name)
+        return InProcess(target, args, name)
+
+    context = SimpleNamespace(get_context=lambda method: SimpleNamespace(Process=process))
+    patch.setattr(finlora.compare, "multiprocessing", context)
+
+
 @pytest.fixture
 def runs_in_process(monkeypatch):
-    spawn = SimpleNamespace(Process=InProcess)
-    fake = SimpleNamespace(get_context=lambda method: spawn)
-    monkeypatch.setattr(finlora.compare, "multiprocessing", fake)
+    in_process_but(None, monkeypatch)
 
 
 def settings(data, model, out, **changes) -> CompareConfig:
@@ -89,7 +100,10 @@ def assert_png(path):
 def single(tmp_path_factory, tiny_model_dir, phrasebank_slice):
     out = tmp_path_factory.mktemp("compare") / "single"
     config = settings(phrasebank_slice, tiny_model_dir, out)
-    return config, compare(config), out
+    with pytest.MonkeyPatch.context() as patch:
+        in_process_but("lora", patch)  # one real spawned child, the rest here
+        report = compare(config)
+    return config, report, out
 
 
 def test_every_strategy_trains_on_the_same_split(single):
