@@ -238,6 +238,7 @@ def test_multipart_upload_round_trips(bucket, tmp_path):
     assert (back / "weights.bin").read_bytes() == payload
 
 
+@pytest.mark.slow  # a real upload process, killed half-way
 def test_killed_upload_never_looks_complete(bucket, aws, tmp_path):
     """SIGKILL an upload half-way: no _SUCCESS, the previous complete output stays intact."""
     old, new = tmp_path / "old", tmp_path / "new"

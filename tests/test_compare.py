@@ -106,6 +106,7 @@ def single(tmp_path_factory, tiny_model_dir, phrasebank_slice):
     return config, report, out
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_every_strategy_trains_on_the_same_split(single):
     _, _, out = single
     runs = {s: results(out, f"{s}-seed42") for s in ("full", "lora", "baseline")}
@@ -116,6 +117,7 @@ def test_every_strategy_trains_on_the_same_split(single):
     assert runs["full"]["strategy"] == "full" and runs["lora"]["strategy"] == "lora"
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_report_numbers_are_the_runs_numbers(single):
     _, report, out = single
     assert read_json(out / "report.json") == json.loads(json.dumps(report))
@@ -139,6 +141,7 @@ def test_report_numbers_are_the_runs_numbers(single):
     assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_plots_are_readable_pngs(single):
     _, _, out = single
     for name in ("confusion_matrices.png", "learning_curves.png", "summary.png"):
@@ -146,6 +149,7 @@ def test_plots_are_readable_pngs(single):
         assert f"]({name})" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_report_lists_the_warnings_of_its_runs(single, tmp_path):
     config, _, out = single
     copy = tmp_path / "warned"
@@ -161,6 +165,7 @@ def test_report_lists_the_warnings_of_its_runs(single, tmp_path):
     assert "- LoRA, seed 42: the trained model predicts 'neutral'" in markdown
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_rerun_skips_finished_runs_and_redoes_missing_ones(single, runs_in_process):
     config, _, out = single
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/final_results.json")}
@@ -177,6 +182,7 @@ def test_rerun_skips_finished_runs_and_redoes_missing_ones(single, runs_in_proce
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != lora)
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_an_output_dir_of_another_split_is_refused(single, tiny_model_dir, phrasebank_slice):
     _, _, out = single
     other = settings(phrasebank_slice, tiny_model_dir, out, test_size=0.2)
@@ -269,6 +275,7 @@ def test_group_folds_keep_each_document_in_one_place(claudette_dir):
         prepare_folds(config, 50)
 
 
+@pytest.mark.slow  # TF-IDF models of 8 labels on all of CLAUDETTE
 def test_multilabel_baseline_is_a_real_model(tmp_path, claudette_dir):
     data = prepare_data(TrainConfig(data=str(claudette_dir), validation_size=0.15, test_size=0.2))
     run = train_baseline(data, tmp_path / "baseline")
@@ -308,6 +315,7 @@ def test_baseline_keeps_a_label_without_training_positives(tmp_path):
     assert decisions[:, 2].sum() == 0 and decisions[1, 0] == 1 and decisions[2, 1] == 1
 
 
+@pytest.mark.slow  # six runs: two strategies on three folds
 def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slice, runs_in_process):
     out = tmp_path / "ml"
     config = settings(claudette_slice, tiny_model_dir, out, folds=3, validation_size=0.34,

@@ -47,6 +47,7 @@ def train_tracked(data, model, output, *extra: str) -> dict:
     return json.loads((output / "final_results.json").read_text())
 
 
+@pytest.mark.slow  # a tracked training, a new SQLite store, the registry and a pyfunc load
 def test_run_is_logged_to_a_local_sqlite_store(in_tmp, tiny_model_dir, phrasebank_slice, capsys):
     results = train_tracked(
         phrasebank_slice, tiny_model_dir, in_tmp / "out", "--register_model", "finlora-pb"
