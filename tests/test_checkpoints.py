@@ -36,6 +36,7 @@ def outcome(results: dict) -> dict:
     return {"history": results["history"], "test": results["test"], "best": results["best_epoch"]}
 
 
+@pytest.mark.slow  # two real `finlora train` processes and a moto server
 def test_killed_run_resumes_to_the_same_result(
     tiny_model_dir, phrasebank_slice, tmp_path, monkeypatch
 ):
@@ -108,6 +109,7 @@ def test_half_written_checkpoints_are_removed_and_other_runs_refused(tiny_model_
         resume_point(folder, other)
 
 
+@pytest.mark.slow  # a real `finlora train` process
 def test_sigterm_leaves_no_temporary_files_and_no_output(
     tiny_model_dir, phrasebank_slice, tmp_path
 ):

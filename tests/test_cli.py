@@ -97,6 +97,7 @@ def test_an_output_dir_where_no_directory_can_be_made_fails_before_training(
     assert err.endswith("; choose another --output_dir") and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow  # a real `finlora train` process per case
 @pytest.mark.parametrize("quiet", [True, False])
 def test_train_stdout_is_only_its_json_summary(quiet, tmp_path, tiny_model_dir, phrasebank_slice):
     """`finlora train ... | jq` works: the Trainer's log dicts stay off stdout; progress bars
@@ -117,6 +118,7 @@ def test_train_stdout_is_only_its_json_summary(quiet, tmp_path, tiny_model_dir, 
         assert "Warning" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a real `python train.py` process
 def test_seed_entry_point_parses_seed_flags_and_fails_cleanly_offline(tmp_path, data_dir):
     """`python train.py --model_name ProsusAI/finbert --use_lora --batch_size 16 --fp16`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FINLORA_DATA_DIR": str(data_dir),

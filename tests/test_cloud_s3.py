@@ -65,6 +65,7 @@ def run_finlora(
     )
 
 
+@pytest.mark.slow  # real `finlora train` and two `finlora predict` processes
 def test_train_from_s3_to_s3_end_to_end(bucket, aws, tiny_model_dir, tmp_path):
     out = f"s3://{bucket}/runs/e2e"
     done = run_finlora(
@@ -150,6 +151,7 @@ def test_missing_key_error_lists_near_matches(bucket, tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.slow  # a real `finlora train` process
 def test_missing_bucket_and_missing_credentials_are_one_line_errors(
     bucket, aws, tiny_model_dir, monkeypatch, tmp_path
 ):
@@ -164,6 +166,7 @@ def test_missing_bucket_and_missing_credentials_are_one_line_errors(
     assert done.stderr.strip().splitlines()[-1].startswith("finlora: error: no AWS credentials")
 
 
+@pytest.mark.slow  # a real `finlora train` process
 def test_a_missing_output_bucket_fails_before_training(aws, tiny_model_dir, phrasebank_slice,
                                                       tmp_path):  # fmt: skip
     checkpoints = tmp_path / "checkpoints"  # training would create it
@@ -180,6 +183,7 @@ def test_a_missing_output_bucket_fails_before_training(aws, tiny_model_dir, phra
     assert "training LoRA" not in done.stderr and not checkpoints.exists()
 
 
+@pytest.mark.slow  # a real `finlora train` process
 def test_an_unreachable_output_endpoint_fails_with_one_line(tiny_model_dir, phrasebank_slice):
     """A closed port: the probe before training gives up after 2 quick attempts."""
     closed = f"http://127.0.0.1:{free_port()}"
@@ -195,6 +199,7 @@ def test_an_unreachable_output_endpoint_fails_with_one_line(tiny_model_dir, phra
     )
 
 
+@pytest.mark.slow  # a second moto server and a real `finlora predict` process
 def test_access_denied_is_a_one_line_error(tmp_path, phrasebank_slice):
     """A moto server that enforces IAM: a user without S3 permissions is denied."""
     fake = {k: v for k, v in FAKE_AWS.items() if not k.startswith("AWS_ACCESS")}
@@ -233,6 +238,7 @@ def test_multipart_upload_round_trips(bucket, tmp_path):
     assert (back / "weights.bin").read_bytes() == payload
 
 
+@pytest.mark.slow  # a real upload process, killed half-way
 def test_killed_upload_never_looks_complete(bucket, aws, tmp_path):
     """SIGKILL an upload half-way: no _SUCCESS, the previous complete output stays intact."""
     old, new = tmp_path / "old", tmp_path / "new"

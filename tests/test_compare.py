@@ -6,11 +6,13 @@ import json
 import shutil
 import signal
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from processes import processes_with, stop_once_training
 
+import finlora.compare
 from finlora.artifacts import read_json
 from finlora.baseline import BaselineModel, train_baseline
 from finlora.cli import main
@@ -31,6 +33,45 @@ def one_thread_per_run():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")
         yield
+
+
+class InProcess:
+    """Stands in for compare's spawned child and runs it here, in this process, with the same
+    entry function, arguments and exit-code contract. A fresh interpreter per run spends most
+    of a tiny run importing torch; what these tests check is what compare computes from the
+    runs. The real spawn runs in the `single` fixture (its LoRA run) and the stop tests."""
+
+    def __init__(self, target, args=(), name=None):
+        self.target, self.args, self.name = target, args, name
+        self.pid = self.exitcode = None
+
+    def start(self):
+        try:
+            self.target(*self.args)
+            self.exitcode = 0
+        except SystemExit as exc:
+            self.exitcode = exc.code if isinstance(exc.code, int) else 1
+
+    def join(self, timeout=None):
+        pass
+
+
+def in_process_but(spawned: str | None, patch: pytest.MonkeyPatch) -> None:
+    """compare's units run in this process, except those of strategy `spawned`."""
+    real = finlora.compare.multiprocessing.get_context("spawn")
+
+    def process(target, args, name):
+        if args[1].strategy == spawned:
+            return real.Process(target=target, args=args, name=name)
+        return InProcess(target, args, name)
+
+    context = SimpleNamespace(get_context=lambda method: SimpleNamespace(Process=process))
+    patch.setattr(finlora.compare, "multiprocessing", context)
+
+
+@pytest.fixture
+def runs_in_process(monkeypatch):
+    in_process_but(None, monkeypatch)
 
 
 def settings(data, model, out, **changes) -> CompareConfig:
@@ -60,9 +101,13 @@ def assert_png(path):
 def single(tmp_path_factory, tiny_model_dir, phrasebank_slice):
     out = tmp_path_factory.mktemp("compare") / "single"
     config = settings(phrasebank_slice, tiny_model_dir, out)
-    return config, compare(config), out
+    with pytest.MonkeyPatch.context() as patch:
+        in_process_but("lora", patch)  # one real spawned child, the rest here
+        report = compare(config)
+    return config, report, out
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_every_strategy_trains_on_the_same_split(single):
     _, _, out = single
     runs = {s: results(out, f"{s}-seed42") for s in ("full", "lora", "baseline")}
@@ -75,6 +120,7 @@ def test_every_strategy_trains_on_the_same_split(single):
     assert runs["full"]["strategy"] == "full" and runs["lora"]["strategy"] == "lora"
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_report_numbers_are_the_runs_numbers(single):
     _, report, out = single
     assert read_json(out / "report.json") == json.loads(json.dumps(report))
@@ -98,6 +144,7 @@ def test_report_numbers_are_the_runs_numbers(single):
     assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_plots_are_readable_pngs(single):
     _, _, out = single
     for name in ("confusion_matrices.png", "learning_curves.png", "summary.png"):
@@ -105,6 +152,7 @@ def test_plots_are_readable_pngs(single):
         assert f"]({name})" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_report_lists_the_warnings_of_its_runs(single, tmp_path):
     config, _, out = single
     copy = tmp_path / "warned"
@@ -120,7 +168,8 @@ def test_report_lists_the_warnings_of_its_runs(single, tmp_path):
     assert "- LoRA, seed 42: the trained model predicts 'neutral'" in markdown
 
 
-def test_rerun_skips_finished_runs_and_redoes_missing_ones(single):
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
+def test_rerun_skips_finished_runs_and_redoes_missing_ones(single, runs_in_process):
     config, _, out = single
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/final_results.json")}
     assert len(stamps) == 3
@@ -136,6 +185,7 @@ def test_rerun_skips_finished_runs_and_redoes_missing_ones(single):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != lora)
 
 
+@pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
 def test_an_output_dir_of_another_split_is_refused(single, tiny_model_dir, phrasebank_slice):
     _, _, out = single
     other = settings(phrasebank_slice, tiny_model_dir, out, test_size=0.2)
@@ -160,7 +210,9 @@ def test_folds_are_stratified_disjoint_and_cover_the_data(phrasebank_slice):
         prepare_folds(config, 1)
 
 
-def test_cross_validation_reports_mean_and_std(tmp_path, tiny_model_dir, phrasebank_slice):
+def test_cross_validation_reports_mean_and_std(
+    tmp_path, tiny_model_dir, phrasebank_slice, runs_in_process
+):
     out = tmp_path / "cv"
     config = settings(phrasebank_slice, tiny_model_dir, out, folds=2,
                       strategies=["lora", "baseline"])  # fmt: skip
@@ -227,6 +279,7 @@ def test_group_folds_keep_each_document_in_one_place(claudette_dir):
         prepare_folds(config, 50)
 
 
+@pytest.mark.slow  # TF-IDF models of 8 labels on all of CLAUDETTE
 def test_multilabel_baseline_is_a_real_model(tmp_path, claudette_dir):
     data = prepare_data(TrainConfig(data=str(claudette_dir), validation_size=0.15, test_size=0.2))
     run = train_baseline(data, tmp_path / "baseline")
@@ -266,7 +319,8 @@ def test_baseline_keeps_a_label_without_training_positives(tmp_path):
     assert decisions[:, 2].sum() == 0 and decisions[1, 0] == 1 and decisions[2, 1] == 1
 
 
-def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slice):
+@pytest.mark.slow  # six runs: two strategies on three folds
+def test_multilabel_compare_by_document(tmp_path, tiny_model_dir, claudette_slice, runs_in_process):
     out = tmp_path / "ml"
     config = settings(claudette_slice, tiny_model_dir, out, folds=3, validation_size=0.34,
                       strategies=["full", "baseline"])  # fmt: skip
@@ -369,6 +423,7 @@ TERMINATED = "finlora: terminated (SIGTERM); no half-written output was left"
 INTERRUPTED = "finlora: interrupted; no half-written output was left"
 
 
+@pytest.mark.slow  # a real `finlora compare` process and its spawned child, per case
 @pytest.mark.parametrize(
     ("signum", "whole_group", "code", "line"),
     [

@@ -23,6 +23,8 @@ TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 
 
+pytestmark = pytest.mark.slow  # every test launches torchrun: 3 processes importing torch
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 

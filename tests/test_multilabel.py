@@ -148,6 +148,7 @@ def test_predict_document(run, tmp_path, capsys, claudette_dir):
     assert "--window must be between 1 and 38" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two refit runs, the second resumed from checkpoints
 def test_refit_keeps_the_thresholds_tuned_on_the_selected_model(
     run, tmp_path, multilabel_train_command
 ):

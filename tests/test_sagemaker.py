@@ -48,6 +48,7 @@ def container(tmp_path: Path, phrasebank_slice: Path, hyperparameters: dict) -> 
     return {name: str(path) for name, path in dirs.items()}
 
 
+@pytest.mark.slow  # a real `finlora train` process
 def test_entry_point_runs_unchanged_in_a_container_layout(
     tmp_path, tiny_model_dir, phrasebank_slice
 ):

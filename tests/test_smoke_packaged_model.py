@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from finlora.cli import main
+
+pytestmark = pytest.mark.slow  # the real 22.7M-parameter MiniLM, two epochs
 
 
 def test_default_model_trains_on_a_phrasebank_slice(tmp_path, phrasebank_slice):

@@ -47,6 +47,7 @@ def train_tracked(data, model, output, *extra: str) -> dict:
     return json.loads((output / "final_results.json").read_text())
 
 
+@pytest.mark.slow  # a tracked training, a new SQLite store, the registry and a pyfunc load
 def test_run_is_logged_to_a_local_sqlite_store(in_tmp, tiny_model_dir, phrasebank_slice, capsys):
     results = train_tracked(
         phrasebank_slice, tiny_model_dir, in_tmp / "out", "--register_model", "finlora-pb"
@@ -108,6 +109,7 @@ def test_a_tracking_server_that_is_down_fails_before_training(
     assert not (in_tmp / "out").exists()
 
 
+@pytest.mark.slow  # `mlflow server` migrates its SQLite store on start
 def test_run_is_logged_to_an_mlflow_server(in_tmp, tiny_model_dir, phrasebank_slice):
     """Against `mlflow server` over HTTP: the run, its metrics, artifacts and model."""
     port = free_port()
@@ -116,7 +118,10 @@ def test_run_is_logged_to_an_mlflow_server(in_tmp, tiny_model_dir, phrasebank_sl
             "--artifacts-destination", str(in_tmp / "server-artifacts"),
             "--workers", "1"]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    with server(args, f"{url}/health", in_tmp / "mlflow.log"):
+    # Without the job runner (MLflow 3's LLM-judge and trace jobs, which finlora does not use):
+    # it would start three more processes importing mlflow next to the server.
+    no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with server(args, f"{url}/health", in_tmp / "mlflow.log", env=no_jobs):
         train_tracked(
             phrasebank_slice, tiny_model_dir, in_tmp / "out", "--tracking_uri", url,
             "--experiment_name", "remote", "--run_name", "on-server", "--epochs", "1",

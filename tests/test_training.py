@@ -279,6 +279,7 @@ def test_a_model_predicting_one_class_everywhere_gets_a_warning_naming_the_fix()
     assert single_class_warning(one_class_data, TrainConfig()) is None
 
 
+@pytest.mark.slow  # two trainings: the selection again, then the refit
 def test_refit_trains_the_selected_epoch_count_on_training_and_validation_rows(
     lora_run, tmp_path, tiny_model_dir, phrasebank_slice, monkeypatch
 ):
