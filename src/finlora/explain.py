@@ -94,9 +94,7 @@ class Explainer:
         try:
             from captum.attr import LayerIntegratedGradients
         except ImportError:
-            raise FinloraError(
-                "explanations need captum: pip install 'finlora[explain]'"
-            ) from None
+            raise FinloraError("explanations need captum: pip install 'finlora[explain]'") from None
 
         self.predictor = predictor
         self.model = predictor.model
