@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -22,6 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def test_texts(model_dir: Path, n: int) -> list[str]:
@@ -88,7 +99,8 @@ def main() -> None:
             "baseline": args.baseline,
             "random_draws": args.draws,
             "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
             "comprehensiveness": {str(k): row for k, row in rows.items()},
             "latency": latency,
         }
