@@ -161,3 +161,27 @@ def test_top_words_matter_more_than_random_words(tmp_path, phrasebank_slice, phr
     assert result["explained"] == len(texts) == 21
     assert result["comprehensiveness"] > result["random"], result
     assert result["comprehensiveness"] > 0
+
+
+def test_multilabel_records_explain_each_predicted_label(multilabel_run):
+    predictor = Predictor.load(multilabel_run, backend="torch")
+    texts = [
+        "We may terminate your account at any time without notice .",
+        "You agree to the jurisdiction of the courts of California .",
+        "Hello .",
+    ]
+    predictor.thresholds = [0.0] * len(predictor.labels)  # every label predicted: all explained
+    records = Explainer(predictor, n_steps=8).explain(texts[:2])
+    for text, record, predicted in zip(texts, records, predictor.predict(texts[:2])):
+        assert record["labels"] == predicted["labels"] == predictor.labels
+        assert [e["label"] for e in record["explanations"]] == record["labels"]
+        for part in record["explanations"]:
+            score = predicted["scores"][part["label"]]
+            assert part["probability"] == pytest.approx(score, abs=1e-5)
+            assert [a["word"] for a in part["attributions"]] == words(text)
+    predictor.thresholds = [1.0] * len(predictor.labels)  # nothing predicted: nothing explained
+    (none,) = Explainer(predictor, n_steps=8).explain(texts[2:])
+    assert none["labels"] == [] and none["explanations"] == []
+    assert "no label predicted" in html_page(texts[2:], [none])
+    result = comprehensiveness(predictor, texts[:2], records, k=1, random_draws=2)
+    assert result["explained"] == 2 * len(predictor.labels)
