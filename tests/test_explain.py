@@ -159,8 +159,9 @@ def test_top_words_matter_more_than_random_words(tmp_path, phrasebank_slice, phr
     records = Explainer(predictor, n_steps=16).explain(texts)
     result = comprehensiveness(predictor, texts, records, k=3, random_draws=5, seed=0)
     assert result["explained"] == len(texts) == 21
-    assert result["comprehensiveness"] > result["random"], result
-    assert result["comprehensiveness"] > 0
+    # Measured 0.082 against 0.030 (2.8x) on this weak 2-epoch model (test accuracy 0.57); the
+    # issue's 2x target is checked on the real model by bench/explain.py (docs/explain.md).
+    assert result["comprehensiveness"] > 1.5 * result["random"] > 0, result
 
 
 def test_multilabel_records_explain_each_predicted_label(multilabel_run):
