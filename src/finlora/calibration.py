@@ -494,16 +494,12 @@ def plot_reliability(block: dict, path: str | Path, title: str = "Reliability (t
     bins = (block or {}).get("reliability")
     if not bins:
         return False
-    try:
-        import matplotlib
+    try:  # a bare Figure: no pyplot, so a notebook's backend is left alone
+        from matplotlib.figure import Figure
     except ImportError:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
+    fig = Figure(figsize=(5, 5.6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect")
     width = 1.0 / bins["bins"]
     for key, colour, offset in (("raw", "#DD8452", -0.2), ("calibrated", "#4C72B0", 0.2)):
@@ -523,7 +519,6 @@ def plot_reliability(block: dict, path: str | Path, title: str = "Reliability (t
     bottom.set(xlabel="confidence", ylabel="texts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
