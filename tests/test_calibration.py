@@ -15,12 +15,17 @@ from finlora.calibration import (
     CALIBRATION,
     Calibration,
     brier,
+    calibration_report,
     conformal_quantile,
     conformal_report,
     ece,
     expected_calibration_error,
     fit_platt,
     fit_temperature,
+    plot_reliability,
+    pool_reliability,
+    reliability,
+    reliability_bins,
     sigmoid,
     softmax,
 )
@@ -74,6 +79,42 @@ def test_platt_scaling_of_a_label_without_positives_stays_finite():
 )
 def test_ece_against_hand_computed_values(confidence, correct, expected):
     assert expected_calibration_error(confidence, correct) == pytest.approx(expected)
+
+
+def test_reliability_bins_match_the_ece_and_count_every_score():
+    rng = np.random.default_rng(0)
+    confidence = np.concatenate([[0.0, 1.0, 1 / 15, 0.5], rng.uniform(size=200)])
+    correct = rng.uniform(size=confidence.size) < confidence
+    bins = reliability_bins(confidence, correct)
+    assert len(bins) == 15 and sum(b["count"] for b in bins) == confidence.size
+    assert bins[0]["count"] >= 2  # 0 and 1/15 both fall in the first bin (k/B, (k+1)/B]
+    ece_from_bins = sum(
+        b["count"] / confidence.size * abs(b["accuracy"] - b["confidence"])
+        for b in bins
+        if b["count"]
+    )
+    assert ece_from_bins == pytest.approx(expected_calibration_error(confidence, correct), abs=1e-5)
+    empty = reliability_bins(np.array([0.95]), np.array([True]))
+    assert empty[0] == {"lower": 0.0, "upper": 0.066667, "count": 0, "confidence": None,
+                        "accuracy": None}  # fmt: skip
+
+
+def test_reliability_of_probabilities_pools_and_plots(tmp_path):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(120, 3)) * 3
+    truth = rng.integers(0, 3, size=120)
+    calibration = Calibration.fit(logits, truth, ["a", "b", "c"], False)
+    block = calibration_report(logits, truth, calibration)
+    assert sum(b["count"] for b in block["reliability"]["calibrated"]) == 120
+    matrix = (rng.uniform(size=(50, 4)) < 0.3).astype(int)
+    pooled_labels = reliability(rng.uniform(size=(50, 4)), matrix, multi_label=True)
+    assert sum(b["count"] for b in pooled_labels) == 200  # rows x labels
+    two_runs = pool_reliability([block, block])
+    assert sum(b["count"] for b in two_runs["reliability"]["raw"]) == 240
+    assert two_runs["ece_after"] == pytest.approx(block["ece_after"])
+    assert plot_reliability(block, tmp_path / "r.png")
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot_reliability({}, tmp_path / "none.png")
 
 
 def test_top_class_ece_and_brier_against_hand_computed_values():
@@ -218,7 +259,13 @@ def test_training_writes_calibration_json_and_the_metrics_blocks(calibrated_run)
     validate_results(results)
     for split in ("test", "validation"):
         cal = results[split]["calibration"]
-        assert set(cal) == {"ece_before", "ece_after", "brier_before", "brier_after", "temperature"}
+        assert set(cal) == {
+            "ece_before", "ece_after", "brier_before", "brier_after", "temperature", "reliability"
+        }  # fmt: skip
+        size = results[split]["size"]
+        for scores in ("raw", "calibrated"):
+            assert len(cal["reliability"][scores]) == cal["reliability"]["bins"] == 15
+            assert sum(b["count"] for b in cal["reliability"][scores]) == size
         assert cal["temperature"] == pytest.approx(saved["temperature"], rel=1e-5)
         conformal = results[split]["conformal"]
         assert conformal["coverage_target"] == 0.9
@@ -228,6 +275,12 @@ def test_training_writes_calibration_json_and_the_metrics_blocks(calibrated_run)
         results["validation"]["calibration"]["ece_before"] + 0.05
     )
     typed = load_results(calibrated_run)
+    assert typed.test.calibration.to_dict() == results["test"]["calibration"]  # round trip
+    png = calibrated_run / "reliability.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (calibrated_run / "README.md").read_text()
+    assert "](reliability.png)" in card and "| calibrated |" in card
+    assert f"{results['test']['calibration']['ece_after']:.4f}" in card
     assert typed.test.calibration.temperature == pytest.approx(saved["temperature"], rel=1e-5)
     assert typed.test.conformal.coverage == results["test"]["conformal"]["coverage"]
 
@@ -309,7 +362,11 @@ def test_evaluate_reports_calibration(calibrated_run, tmp_path, capsys, phraseba
     assert main(["-q", "evaluate", "--model", str(calibrated_run), "--data", str(test_file)]) == 0
     block = json.loads(capsys.readouterr().out)
     saved = json.loads((calibrated_run / "final_results.json").read_text())["test"]
-    assert block["calibration"] == pytest.approx(saved["calibration"], abs=1e-5)
+    new, old = dict(block["calibration"]), dict(saved["calibration"])
+    bins, saved_bins = new.pop("reliability"), old.pop("reliability")
+    assert new == pytest.approx(old, abs=1e-5)
+    for scores in ("raw", "calibrated"):  # the same texts in the same bins
+        assert [b["count"] for b in bins[scores]] == [b["count"] for b in saved_bins[scores]]
     assert block["conformal"] == pytest.approx(saved["conformal"], abs=1e-5)
     assert main(["-q", "evaluate", "--model", str(calibrated_run), "--data", str(test_file),
                  "--no_calibration"]) == 0  # fmt: skip

@@ -150,6 +150,10 @@ def test_plots_are_readable_pngs(single):
     for name in ("confusion_matrices.png", "learning_curves.png", "summary.png"):
         assert_png(out / name)
         assert f"]({name})" in (out / "report.md").read_text()
+    for strategy in ("full", "lora"):  # calibrated on validation: a reliability diagram each
+        assert_png(out / f"reliability_{strategy}.png")
+        assert f"](reliability_{strategy}.png)" in (out / "report.md").read_text()
+    assert not (out / "reliability_baseline.png").exists()
 
 
 @pytest.mark.slow  # the single-split comparison: three runs, one in a spawned child
@@ -232,6 +236,10 @@ def test_cross_validation_reports_mean_and_std(
                 == results(out, f"baseline-seed42-fold{k}")["data"]["split_sha256"])  # fmt: skip
     assert " ± " in (out / "report.md").read_text()
     assert_png(out / "learning_curves.png")
+    pooled = report["strategies"]["lora"]["calibration"]["reliability"]  # both folds' bins
+    assert sum(b["count"] for b in pooled["raw"]) == 299
+    assert sum(b["count"] for b in pooled["calibrated"]) == 299
+    assert_png(out / "reliability_lora.png")
 
 
 def test_baseline_runs_once_per_split_and_transformers_once_per_seed(

@@ -27,6 +27,7 @@ EXPECTED_LORA_FILES = {
     "final_results.json",
     "finlora_config.yaml",
     "model.safetensors",
+    "reliability.png",
     "tokenizer.json",
     "tokenizer_config.json",
     "training_args.json",
@@ -316,7 +317,7 @@ def test_refit_trains_the_selected_epoch_count_on_training_and_validation_rows(
     assert refit["selected_model_test"] == {
         k: v for k, v in plain["test"].items() if k not in UNCERTAINTY
     }
-    assert files(out) == EXPECTED_LORA_FILES - {"calibration.json"}
+    assert files(out) == EXPECTED_LORA_FILES - {"calibration.json", "reliability.png"}
     assert load_results(out).refit.train_rows == refit["train_rows"]  # valid, typed
 
     shipped = AutoModelForSequenceClassification.from_pretrained(out).state_dict()

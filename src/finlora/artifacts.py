@@ -42,6 +42,7 @@ RESULTS = "final_results.json"
 TRAINING_ARGS = "training_args.json"
 THRESHOLDS = "thresholds.json"
 MODEL_CARD = "README.md"
+RELIABILITY_PNG = "reliability.png"  # the model card's reliability diagram (matplotlib)
 
 # `finlora export` writes <model dir>/onnx/ (see finlora.export.onnx for its layout).
 ONNX_DIR = "onnx"

@@ -75,6 +75,41 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(total)
 
 
+def reliability_bins(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float | int | None]]:
+    """The bins of `expected_calibration_error`: per bin its edges, `count`, mean `confidence`
+    and `accuracy` (None for an empty bin); the counts sum to the number of scores."""
+    confidence = np.asarray(confidence, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=np.float64).ravel()
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    out = []
+    for b in range(bins):
+        mask = index == b
+        count = int(mask.sum())
+        out.append(
+            {
+                "lower": round(b / bins, 6),
+                "upper": round((b + 1) / bins, 6),
+                "count": count,
+                "confidence": round(float(confidence[mask].mean()), 6) if count else None,
+                "accuracy": round(float(correct[mask].mean()), 6) if count else None,
+            }
+        )
+    return out
+
+
+def reliability(probabilities: np.ndarray, truth: np.ndarray, multi_label: bool = False):
+    """Reliability-diagram bins (15): single-label, the top-class probability against whether
+    the top class is right (counts sum to the rows); multi-label, every p(label present)
+    against its presence, all labels pooled (counts sum to rows x labels)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    truth = np.asarray(truth)
+    if multi_label:
+        return reliability_bins(probabilities.ravel(), truth.ravel() > 0.5)
+    return reliability_bins(probabilities.max(-1), probabilities.argmax(-1) == truth)
+
+
 def ece(probabilities: np.ndarray, truth: np.ndarray, multi_label: bool = False) -> float:
     """Top-class ECE (single-label: truth are class ids); multi-label (truth a 0/1 matrix):
     the mean over labels of the ECE of p(label present) against its presence."""
@@ -403,7 +438,8 @@ def load_calibration(model_dir: str | Path, labels: list[str]) -> Calibration | 
 def calibration_report(
     logits: np.ndarray, truth: np.ndarray, calibration: Calibration
 ) -> dict[str, float | None]:
-    """`calibration` of a metrics block: ECE (15 bins) and Brier before and after."""
+    """`calibration` of a metrics block: ECE (15 bins) and Brier before and after, and the
+    reliability-diagram bins of the raw and the calibrated scores."""
     multi_label = calibration.multi_label
     raw = sigmoid(logits) if multi_label else softmax(logits)
     calibrated = calibration.apply(logits)
@@ -413,7 +449,77 @@ def calibration_report(
         "brier_before": round(brier(raw, truth, multi_label), 6),
         "brier_after": round(brier(calibrated, truth, multi_label), 6),
         "temperature": None if multi_label else round(calibration.temperature, 6),
+        "reliability": {
+            "bins": ECE_BINS,
+            "raw": reliability(raw, truth, multi_label),
+            "calibrated": reliability(calibrated, truth, multi_label),
+        },
     }
+
+
+def pool_reliability(blocks: Sequence[dict]) -> dict | None:
+    """`calibration` blocks of several runs (folds, seeds) as one: ECE/Brier averaged, the
+    reliability bins summed (counts) and count-weighted (confidence, accuracy)."""
+    blocks = [b for b in blocks if b and b.get("reliability")]
+    if not blocks:
+        return None
+    pooled: dict = {
+        key: float(np.mean([b[key] for b in blocks]))
+        for key in ("ece_before", "ece_after", "brier_before", "brier_after")
+    }
+    first = blocks[0]["reliability"]
+    pooled["reliability"] = {"bins": first["bins"]}
+    for key in ("raw", "calibrated"):
+        rows = []
+        for i, edges in enumerate(first[key]):
+            parts = [b["reliability"][key][i] for b in blocks]
+            count = sum(p["count"] for p in parts)
+            mean = {
+                name: (
+                    round(sum(p[name] * p["count"] for p in parts if p["count"]) / count, 6)
+                    if count
+                    else None
+                )
+                for name in ("confidence", "accuracy")
+            }
+            rows.append({"lower": edges["lower"], "upper": edges["upper"], "count": count, **mean})
+        pooled["reliability"][key] = rows
+    return pooled
+
+
+def plot_reliability(block: dict, path: str | Path, title: str = "Reliability (test)") -> bool:
+    """A reliability diagram of a `calibration` block's `reliability` (raw and calibrated
+    accuracy against confidence, bin counts below) as a PNG; False when matplotlib is not
+    installed or the block has no bins."""
+    bins = (block or {}).get("reliability")
+    if not bins:
+        return False
+    try:  # a bare Figure: no pyplot, so a notebook's backend is left alone
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(5, 5.6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect")
+    width = 1.0 / bins["bins"]
+    for key, colour, offset in (("raw", "#DD8452", -0.2), ("calibrated", "#4C72B0", 0.2)):
+        rows = [b for b in bins[key] if b["count"]]
+        ece_key = "ece_before" if key == "raw" else "ece_after"
+        label = f"{key} (ECE {block[ece_key]:.3f})" if ece_key in block else key
+        top.plot(
+            [b["confidence"] for b in rows], [b["accuracy"] for b in rows],
+            marker="o", color=colour, label=label,
+        )  # fmt: skip
+        bottom.bar(
+            [(b["lower"] + b["upper"]) / 2 + offset * width for b in bins[key]],
+            [b["count"] for b in bins[key]], width=0.4 * width, color=colour,
+        )  # fmt: skip
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy", title=title)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set(xlabel="confidence", ylabel="texts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 def conformal_report(

@@ -145,6 +145,15 @@ class PredictSettings(BackendSettings):
         None, "tokens between window starts (default: half the window)", type=positive_int
     )
     chunk_rows: int = _opt(4096, "rows read from --input at a time", type=positive_int)
+    explain: bool = _opt(
+        False,
+        "add word attributions (integrated gradients, finlora.explain) to each printed record; "
+        "runs the torch model even when an ONNX export exists",
+        switch=True,
+    )
+    explain_html: str | None = _opt(
+        None, "also write the explanations as a self-contained HTML page here (needs --explain)"
+    )
 
 
 @dataclass(kw_only=True)
@@ -522,6 +531,19 @@ def cmd_predict(args: PredictSettings) -> int:
             "--output goes with --input FILE or --document FILE; predictions for texts given "
             "on the command line are printed (one JSON line each)"
         )
+    if args.explain_html and not args.explain:
+        raise FinloraError("--explain_html FILE goes with --explain")
+    if args.explain:
+        if not args.texts:
+            raise FinloraError("--explain explains texts given on the command line")
+        if args.backend == "onnx" or args.precision == "int8":
+            raise FinloraError(
+                "--explain runs the torch model (it takes gradients); drop --backend onnx and "
+                "--precision int8"
+            )
+        if args.explain_html:
+            check_output_file(args.explain_html)
+        args = replace(args, backend="torch")
     remote_output = (args.output or "").startswith("s3://")
     if args.output and args.document:
         if not args.output.endswith(".json"):
@@ -533,6 +555,9 @@ def cmd_predict(args: PredictSettings) -> int:
     with tempfile.TemporaryDirectory(prefix="finlora-predict-") as tmp:
         endpoint = args.s3_endpoint_url
         predictor = _load_predictor(args, fetch(args.model, Path(tmp), endpoint, directory=True))
+        if args.explain:
+            explain_texts(predictor, args.texts, args.explain_html)
+            return 0
         if args.texts:
             for record in predictor.predict(args.texts):
                 print(json.dumps(record))
@@ -588,6 +613,18 @@ def cmd_sagemaker_launch(args: SageMakerLaunchSettings) -> int:
     arn = sagemaker.submit(request, args.region, args.endpoint_url)
     print(json.dumps({"TrainingJobName": job, "TrainingJobArn": arn}))
     return 0
+
+
+def explain_texts(predictor, texts: list[str], html_path: str | None) -> None:
+    """`predict --explain`: each prediction record with its word attributions, one JSON line
+    each; with `html_path`, the highlighted texts as an HTML page too."""
+    from finlora.explain import Explainer, write_html
+
+    records = Explainer(predictor).explain(texts)
+    for prediction, explained in zip(predictor.predict(texts), records):
+        print(json.dumps({**prediction, **explained}))
+    if html_path:
+        log.info("explanations written to %s", write_html(html_path, texts, records))
 
 
 def predict_document(predictor, args: PredictSettings, output: str | None) -> None:

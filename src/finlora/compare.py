@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from finlora.artifacts import RESULTS, read_json, write_json
+from finlora.calibration import pool_reliability
 from finlora.config import (
     SHARED_KEYS,
     CompareConfig,
@@ -304,6 +305,8 @@ def run_record(unit: RunUnit, settings: CompareConfig) -> dict:
         from finlora.checks import suite_scores
 
         record.update(suite_scores(unit.directory, results))
+    if test.calibration is not None and test.calibration.reliability is not None:
+        record["calibration"] = test.calibration.to_dict()  # the reliability diagram
     if isinstance(test, SingleLabelMetrics):
         record["macro_f1_ci95"] = bootstrap_macro_f1_ci(
             test.confusion_matrix, settings.bootstrap, unit.seed
@@ -387,9 +390,11 @@ def summarize(records: list[dict], labels: list[str]) -> dict:
         summary["per_class_support"] = {
             name: int(sum(r["per_class_support"][name] for r in records)) for name in labels
         }
-    summary["runs"] = [
-        {k: v for k, v in r.items() if k not in {"history", "confusion_matrix"}} for r in records
-    ]
+    calibration = pool_reliability([r.get("calibration") for r in records])
+    if calibration:
+        summary["calibration"] = calibration
+    dropped = {"history", "confusion_matrix", "calibration"}
+    summary["runs"] = [{k: v for k, v in r.items() if k not in dropped} for r in records]
     return summary
 
 

@@ -41,6 +41,15 @@ def write_plots(report: dict, records: dict[str, list[dict]], out: Path) -> None
         plot_confusion_matrices(report, strategies, out / "confusion_matrices.png")
     plot_learning_curves(records, strategies, out / "learning_curves.png")
     plot_summary(report, strategies, out / "summary.png")
+    from finlora.calibration import plot_reliability
+
+    for strategy in strategies:  # the transformer runs with calibration.json
+        block = report["strategies"][strategy].get("calibration")
+        plot_reliability(block, out / reliability_file(strategy), f"{NAMES[strategy]}: test")
+
+
+def reliability_file(strategy: str) -> str:
+    return f"reliability_{strategy}.png"
 
 
 def plot_confusion_matrices(report: dict, strategies: list[str], path: Path) -> None:
@@ -390,4 +399,29 @@ def write_markdown(report: dict, out: Path) -> None:
     for file, title in PLOTS.items():
         if (out / file).is_file():
             lines += [f"## {title}", "", f"![{title}]({file})", ""]
+    calibrated = [
+        (name, s["calibration"]) for name, s in strategies.items() if s.get("calibration")
+    ]
+    if calibrated:
+        lines += [
+            "## Calibration on test (reliability diagrams)",
+            "",
+            "Temperature scaling (single-label) or per-label Platt scaling fitted on "
+            "validation; ECE over 15 equal-width bins"
+            + (", averaged over runs, bins pooled" if many else "")
+            + ".",
+            "",
+            "| strategy | ECE raw | ECE calibrated | Brier raw | Brier calibrated |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, c in calibrated:
+            lines.append(
+                f"| {NAMES[name]} | {c['ece_before']:.4f} | {c['ece_after']:.4f} | "
+                f"{c['brier_before']:.4f} | {c['brier_after']:.4f} |"
+            )
+        lines.append("")
+        for name, _ in calibrated:
+            file = reliability_file(name)
+            if (out / file).is_file():
+                lines += [f"![{NAMES[name]} reliability]({file})", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -148,6 +148,28 @@ class ClassScores(Record):
 
 
 @record
+class ReliabilityBin(Record):
+    """One equal-width confidence bin (lower, upper]: its texts, their mean confidence and
+    accuracy (null when empty)."""
+
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None = None
+    accuracy: float | None = None
+
+
+@record
+class Reliability(Record):
+    """The reliability diagram of a split: the ECE bins of the raw and calibrated scores
+    (single-label: top-class probability; multi-label: every label's score, pooled)."""
+
+    bins: int
+    raw: list[ReliabilityBin]
+    calibrated: list[ReliabilityBin]
+
+
+@record
 class CalibrationScores(Record):
     """`calibration` of a split (`finlora.calibration.calibration_report`): expected
     calibration error (15 equal-width bins) and Brier score of the raw and the calibrated
@@ -158,6 +180,7 @@ class CalibrationScores(Record):
     brier_before: float
     brier_after: float
     temperature: float | None = None
+    reliability: Reliability | None = optional()  # runs since the reliability diagram
 
 
 @record

@@ -17,6 +17,7 @@ from torch import nn
 from finlora.artifacts import (
     ADAPTER_DIR,
     MODEL_CARD,
+    RELIABILITY_PNG,
     RESOLVED_CONFIG,
     RESULTS,
     THRESHOLDS,
@@ -281,6 +282,25 @@ def metrics_block(block: dict | None) -> SplitMetrics | None:
     return decode(SplitMetrics, block)
 
 
+def calibration_section(path: Path, calibration) -> list[str]:
+    """The model card's calibration lines: ECE and Brier before/after on test, and the
+    reliability diagram (reliability.png beside it) when matplotlib is installed."""
+    from finlora.calibration import plot_reliability
+
+    lines = [
+        "## Calibration (test)",
+        "",
+        "| scores | ECE (15 bins) | Brier |",
+        "|---|---:|---:|",
+        f"| raw | {calibration.ece_before:.4f} | {calibration.brier_before:.4f} |",
+        f"| calibrated | {calibration.ece_after:.4f} | {calibration.brier_after:.4f} |",
+    ]
+    block = calibration.to_dict()
+    if plot_reliability(block, path / RELIABILITY_PNG, "Reliability on test"):
+        lines += ["", f"![Reliability diagram on test]({RELIABILITY_PNG})"]
+    return lines
+
+
 def write_model_card(path: Path, results: FinalResults) -> None:
     """README.md beside the model: what it is, how it scored, how to load it."""
     test = results.test
@@ -330,4 +350,6 @@ def write_model_card(path: Path, results: FinalResults) -> None:
         "or `finlora predict --model this_dir TEXT`.",
         "",
     ]
+    if calibration:
+        lines += [*calibration_section(path, calibration), ""]
     (path / MODEL_CARD).write_text("\n".join(lines), encoding="utf-8")

@@ -1,6 +1,7 @@
 """The FastAPI inference service: model loaded once at start-up, inference on a worker thread.
 
-Routes: POST /v1/predict, POST /v1/classify-document, GET /healthz (process up), GET /readyz
+Routes: POST /v1/predict, POST /v1/classify-document, POST /v1/explain (word attributions,
+on the torch model), GET /healthz (process up), GET /readyz
 (model loaded), GET /v1/model, GET /metrics (Prometheus text). Bad input is always a 4xx with
 a one-line `detail`.
 Run with `finlora serve --model DIR` or `uvicorn --factory finlora.serve.app:create_app`
@@ -44,6 +45,7 @@ from finlora.serve.schemas import (
     ClassifyDocumentRequest,
     ClassifyDocumentResponse,
     ErrorResponse,
+    ExplainResponse,
     PredictRequest,
     PredictResponse,
 )
@@ -52,7 +54,16 @@ from finlora.serve.settings import ServeSettings, load_settings
 log = logging.getLogger("finlora.serve")
 
 DOCUMENT_ROUTE = "/v1/classify-document"
-ROUTES = {"/v1/predict", DOCUMENT_ROUTE, "/v1/model", "/healthz", "/readyz", "/metrics"}
+EXPLAIN_ROUTE = "/v1/explain"
+ROUTES = {
+    "/v1/predict",
+    DOCUMENT_ROUTE,
+    EXPLAIN_ROUTE,
+    "/v1/model",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+}
 # A character takes at most 6 bytes of JSON (`\uXXXX`), so a document of max_document_chars
 # always fits in the body limit of its route.
 JSON_BYTES_PER_CHAR = 6
@@ -143,6 +154,7 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
         },
     )
     app.state.predictor = None
+    app.state.explainer = None  # built at the first /v1/explain call
     app.state.draining = False  # set on SIGTERM: readyz and new work answer 503
     document_body = JSON_BYTES_PER_CHAR * settings.max_document_chars + 1024
     # Inside the request-context layer, so a 401 carries a request ID and is logged and counted.
@@ -244,6 +256,52 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
             document_lock.release()
         return Response(json.dumps(result), media_type="application/json")
 
+    @app.post(
+        EXPLAIN_ROUTE,
+        response_model=ExplainResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def explain(request: Request):
+        """Word attributions (integrated gradients) for the predicted label(s) of 1 to
+        max_batch texts, as `finlora predict --explain`; needs the model's torch weights (an
+        ONNX service loads them at the first call)."""
+        texts = (await read_body(request, PredictRequest)).texts
+        if len(texts) > settings.max_batch:
+            raise ApiError(
+                422, f"{len(texts)} texts in one request; the limit is {settings.max_batch}"
+            )
+        if request.app.state.draining:
+            metrics.rejected.labels("shutting_down").inc()
+            return busy_response("server shutting down; retry on another instance")
+        if request.app.state.explainer is None:
+            torch_dir = torch_model_dir(settings.model_dir)
+            if torch_dir is None:
+                raise ApiError(
+                    409,
+                    f"{settings.model_dir} has no torch weights (*.safetensors); explanations "
+                    "need them: serve the `finlora train` output dir, not only its ONNX export",
+                )
+        else:
+            torch_dir = None
+        state = request.app.state
+
+        def run() -> list[dict]:  # on the inference thread, after the batches before it
+            if state.explainer is None:
+                state.explainer = load_explainer(state.predictor, torch_dir, settings)
+            return state.explainer.explain(texts)
+
+        loop = asyncio.get_running_loop()
+        try:
+            records = await loop.run_in_executor(state.batcher.executor, run)
+        except FinloraError as exc:  # the model cannot be explained (no fast tokenizer, ...)
+            raise ApiError(409, str(exc).splitlines()[0]) from None
+        return Response(json.dumps({"explanations": records}), media_type="application/json")
+
     @app.get("/healthz")
     async def healthz():
         """The process is up (it may still be loading the model)."""
@@ -270,6 +328,31 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def torch_model_dir(model_dir: str | Path) -> Path | None:
+    """Where the torch weights of a served model dir are: the dir itself, or the training
+    output above an `onnx/` export served directly; None when there are none."""
+    model_dir = Path(model_dir)
+    candidates = [model_dir]
+    if find_onnx_dir(model_dir) == model_dir:  # an export dir, served as such
+        candidates.append(model_dir.parent)
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
+            return candidate
+    return None
+
+
+def load_explainer(predictor: Predictor, torch_dir: Path | None, settings: ServeSettings):
+    """An `Explainer` over the served torch predictor, or over a torch predictor loaded from
+    `torch_dir` (a service running ONNX) with the same calibration."""
+    from finlora.explain import Explainer
+
+    if predictor.backend != "torch":
+        predictor = Predictor.load(
+            torch_dir, batch_size=settings.max_batch, backend="torch", threads=settings.threads
+        )
+    return Explainer(predictor)
 
 
 async def read_body(request: Request, schema: type[BaseModel]) -> Any:

@@ -39,6 +39,35 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction | MultiLabelPrediction]
 
 
+class WordAttribution(BaseModel):
+    word: str
+    start: int = Field(description="character offset in the text: text[start:end] == word")
+    end: int
+    score: float = Field(
+        description="signed share of the evidence (positive: for the label); |scores| sum to 1"
+    )
+
+
+class LabelExplanation(BaseModel):
+    label: str
+    probability: float
+    attributions: list[WordAttribution]
+
+
+class Explanation(LabelExplanation):
+    truncated: bool = Field(description="words past max_length tokens score 0")
+
+
+class MultiLabelExplanation(BaseModel):
+    labels: list[str] = Field(description="the predicted labels, each explained")
+    truncated: bool
+    explanations: list[LabelExplanation]
+
+
+class ExplainResponse(BaseModel):
+    explanations: list[Explanation | MultiLabelExplanation]
+
+
 class ClassifyDocumentRequest(BaseModel):
     """One document as plain text; the options are those of `finlora predict --document`."""
 
