@@ -1,4 +1,6 @@
-"""S3 in and out against a real S3-compatible server (moto) on 127.0.0.1."""
+"""S3 in and out against real S3-compatible servers on 127.0.0.1: moto, and SeaweedFS's S3
+gateway (a real object store). Tests that inject a fault (IAM denial, a closed port) use moto
+only."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from servers import FAKE_AWS, free_port, moto
+from servers import FAKE_AWS, free_port, moto, s3_server
 
 from finlora.cloud import s3
 from finlora.cloud.run import apply_s3_prefix, localize_inputs
@@ -23,9 +25,14 @@ BUCKET = "finlora-test"
 FAST = ["--epochs", "2", "--max_length", "32", "--batch_size", "32", "--learning_rate", "0.001"]
 
 
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory) -> str:
-    with moto(tmp_path_factory.mktemp("moto")) as url:
+# Every test that uses `endpoint` runs against both servers; SeaweedFS's variants are slow
+# (a `weed server` of its own, started once for the module).
+BACKENDS = ["moto", pytest.param("seaweedfs", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def endpoint(request, tmp_path_factory) -> str:
+    with s3_server(request.param, tmp_path_factory.mktemp(request.param)) as url:
         yield url
 
 
@@ -166,6 +173,18 @@ def test_missing_bucket_and_missing_credentials_are_one_line_errors(
     assert done.stderr.strip().splitlines()[-1].startswith("finlora: error: no AWS credentials")
 
 
+def test_writes_never_create_a_missing_bucket(bucket, tmp_path):
+    """SeaweedFS creates a missing bucket on an admin's first put; finlora refuses first."""
+    file = tmp_path / "x.txt"
+    file.write_text("x")
+    missing = "bucket 'no-such-bucket' does not exist"
+    with pytest.raises(FinloraError, match=f"{missing} \\(to upload s3://no-such-bucket/x.txt\\)"):
+        s3.upload_file(file, "s3://no-such-bucket/x.txt")
+    with pytest.raises(FinloraError, match=f"{missing} \\(to write to s3://no-such-bucket/run\\)"):
+        s3.check_writable("s3://no-such-bucket/run")
+    assert "no-such-bucket" not in {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
+
+
 @pytest.mark.slow  # a real `finlora train` process
 def test_a_missing_output_bucket_fails_before_training(aws, tiny_model_dir, phrasebank_slice,
                                                       tmp_path):  # fmt: skip
@@ -181,6 +200,8 @@ def test_a_missing_output_bucket_fails_before_training(aws, tiny_model_dir, phra
         "s3://no-such-bucket/run); check the name and region, or create it"
     )
     assert "training LoRA" not in done.stderr and not checkpoints.exists()
+    # SeaweedFS creates a missing bucket on an admin's first put: finlora must not make one.
+    assert "no-such-bucket" not in {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
 
 
 @pytest.mark.slow  # a real `finlora train` process
