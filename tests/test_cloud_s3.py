@@ -4,6 +4,8 @@ only."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -257,6 +259,48 @@ def test_multipart_upload_round_trips(bucket, tmp_path):
     assert head["ETag"].strip('"').endswith("-3")  # three parts
     back = s3.download_dir(f"s3://{bucket}/big", tmp_path / "back")
     assert (back / "weights.bin").read_bytes() == payload
+
+
+def test_when_required_checksums_round_trip(bucket, monkeypatch, tmp_path):
+    """The compatibility setting docs/cloud.md gives for stores that refuse boto3's default
+    CRC32 checksums: honoured by finlora's client, and uploads, copies, downloads and deletes
+    still work with it."""
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+    config = s3.client().meta.config
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    folder = tmp_path / "run"
+    (folder / "sub").mkdir(parents=True)
+    payload = os.urandom(6 * s3.MB + 1)
+    (folder / "weights.bin").write_bytes(payload)
+    (folder / "sub" / "a.txt").write_text("a")
+    parts = s3.TransferConfig(multipart_threshold=5 * s3.MB, multipart_chunksize=5 * s3.MB)
+    s3.upload_dir(folder, f"s3://{bucket}/when-required", transfer=parts)
+    back = s3.download_dir(f"s3://{bucket}/when-required", tmp_path / "back")
+    assert (back / "weights.bin").read_bytes() == payload
+    assert (back / "sub" / "a.txt").read_text() == "a"
+    s3.delete_prefix(f"s3://{bucket}/when-required")
+    assert keys("when-required/") == {}
+
+
+def test_delete_objects_carries_content_md5(bucket):
+    """Stores that predate botocore 1.36's CRC32-only DeleteObjects require Content-MD5."""
+    client = s3.client()
+    for key in ("md5/a", "md5/b"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    sent = []
+    client.meta.events.register(
+        "before-send.s3.DeleteObjects", lambda request, **_: sent.append(request)
+    )
+    client.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "md5/a"}, {"Key": "md5/b"}], "Quiet": True}
+    )
+    (request,) = sent
+    digest = base64.b64encode(hashlib.md5(request.body).digest()).decode()
+    header = request.headers["Content-MD5"]
+    assert (header.decode() if isinstance(header, bytes) else header) == digest
+    assert keys("md5/") == {}
 
 
 @pytest.mark.slow  # a real upload process, killed half-way

@@ -18,8 +18,10 @@ looks complete.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -104,7 +106,21 @@ def client(endpoint_url: str | None = None, region: str | None = None, probe: bo
     if probe:
         config = config.merge(PROBE)
     session = boto3.session.Session(region_name=region)
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
+    s3 = session.client("s3", endpoint_url=endpoint_url, config=config)
+    s3.meta.events.register("before-call.s3.DeleteObjects", _content_md5)
+    return s3
+
+
+def _content_md5(params, **kwargs) -> None:
+    """DeleteObjects with a Content-MD5 header, as before botocore 1.36: since then botocore
+    sends only a CRC32 checksum, which AWS, SeaweedFS and moto accept, while older MinIO,
+    Ceph RGW and other S3-compatible stores refuse the request with MissingContentMD5
+    (even with AWS_REQUEST_CHECKSUM_CALCULATION=when_required). The body is a small XML list
+    of keys, so the extra digest costs nothing."""
+    body = params.get("body")
+    if isinstance(body, (bytes, bytearray)):
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        params["headers"]["Content-MD5"] = base64.b64encode(digest).decode("ascii")
 
 
 @contextlib.contextmanager
