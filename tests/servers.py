@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -142,7 +143,7 @@ def seaweedfs(tmp: Path, timeout: float = 60, attempts: int = 3) -> Iterator[str
         url = f"http://127.0.0.1:{ports['s3.port']}"
         log = home / "weed.log"
         # Its own session (process group), so that teardown reaches everything it started;
-        # TMPDIR under `tmp`: weed puts its gRPC sockets there, and it marks our processes.
+        # TMPDIR under `tmp` marks its processes (and keeps whatever temp files it makes).
         with open(log, "w") as out:
             process = subprocess.Popen(
                 args,
@@ -157,6 +158,7 @@ def seaweedfs(tmp: Path, timeout: float = 60, attempts: int = 3) -> Iterator[str
                 return
         finally:
             _stop_group(process, f"TMPDIR={home / 'tmp'}".encode())
+            _remove_grpc_sockets(ports)
         text = log.read_text()
         if "address already in use" not in text or attempt == attempts - 1:
             raise RuntimeError(f"SeaweedFS at {url} did not start: {text[-2000:]}")
@@ -189,6 +191,17 @@ def _s3_ready(url: str, process: subprocess.Popen, log: Path, timeout: float) ->
         time.sleep(0.2)
     tail = log.read_text()[-2000:]
     raise RuntimeError(f"SeaweedFS at {url} not ready in {timeout:.0f} s: {tail}")
+
+
+def _remove_grpc_sockets(ports: dict[str, int]) -> None:
+    """`weed` puts a Unix socket per gRPC port at /tmp/seaweedfs-<component>-grpc-<port>.sock
+    whatever TMPDIR says, and a killed one leaves them: remove ours once it is stopped."""
+    for name, port in ports.items():
+        if name.endswith(".grpc"):
+            path = Path("/tmp") / f"seaweedfs-{name.split('.')[0]}-grpc-{port}.sock"
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
 
 
 def _stop_group(process: subprocess.Popen, marker: bytes, grace: float = 2) -> None:
