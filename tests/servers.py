@@ -183,7 +183,9 @@ def _s3_ready(url: str, process: subprocess.Popen, log: Path, timeout: float) ->
         if process.poll() is not None:
             return False
         with contextlib.suppress(Exception):
-            s3.create_bucket(Bucket="ready-probe")
+            # Made by an earlier try whose put failed (volumes not yet grown): carry on.
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+                s3.create_bucket(Bucket="ready-probe")
             s3.put_object(Bucket="ready-probe", Key="probe", Body=b"x")
             s3.delete_object(Bucket="ready-probe", Key="probe")
             s3.delete_bucket(Bucket="ready-probe")
