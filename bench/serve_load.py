@@ -5,6 +5,10 @@ server) at each concurrency for a fixed time, then an optional soak of N request
 a Markdown table: throughput, p50/p99, 200s, 503s, other statuses, responses with a wrong
 request ID or prediction count, and the server's RSS before and after.
 
+The soak fails (exit 1, with the reason on stderr) if the server's RSS grew by more than
+`--max_rss_growth` percent (10) after its first 10 s chunk (the warm-up), or if any answer was
+neither a 200 nor the designed 503, or carried a wrong request ID or prediction count.
+
     apt-get install wrk
     python bench/serve_load.py --model outputs/pb_lora --texts phrasebank --seconds 10 \\
         --concurrency 1 8 32 128 --soak 100000
@@ -67,6 +71,12 @@ def main() -> int:
     parser.add_argument("--soak", type=int, default=0, help="requests in the soak (0: none)")
     parser.add_argument("--key", help="API key (the server must have it in FINLORA_API_KEYS)")
     parser.add_argument("--soak_concurrency", type=int, default=32)
+    parser.add_argument(
+        "--max_rss_growth",
+        type=float,
+        default=10.0,
+        help="percent of RSS growth after the soak's first chunk that fails the run (10)",
+    )
     parser.add_argument("--serve_args", default="", help="extra `finlora serve` flags")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -133,10 +143,38 @@ def main() -> int:
         print(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['ok']} | "
               f"{r['refused']} | {r['other_status']} | {r['wrong_id']}/{r['wrong_count']} | "
               f"{r['socket_errors']} | {before:.0f} → {after:.0f} |")  # fmt: skip
-    if args.soak:
-        growth = 100 * (rows[-1][3] / rows[-1][2] - 1)
-        print(f"\nsoak RSS growth after the first 10 s: {growth:+.1f}% (target: at most +10%)")
-    return 0
+    if not args.soak:
+        return 0
+    _, soak, base, after = rows[-1]
+    failures = soak_failures(soak, base, after, args.max_rss_growth)
+    growth = 100 * (after / base - 1)
+    print(
+        f"\nsoak RSS growth after the first 10 s: {growth:+.1f}% "
+        f"(limit: {args.max_rss_growth:+g}%): {'FAILED' if failures else 'ok'}"
+    )
+    for failure in failures:
+        print(f"serve_load: soak failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def soak_failures(soak: dict, base_mb: float, after_mb: float, max_growth: float) -> list[str]:
+    """Why the soak failed, if it did: RSS growth past `max_growth` percent after warm-up,
+    answers other than 200 and the designed 503, wrong request IDs or prediction counts."""
+    failures = []
+    growth = 100 * (after_mb / base_mb - 1)
+    if not growth <= max_growth:  # NaN (no /proc entry) fails too
+        failures.append(
+            f"RSS grew {growth:+.1f}% after warm-up ({base_mb:.0f} → {after_mb:.0f} MB), "
+            f"more than {max_growth:+g}%"
+        )
+    if soak.get("other_status"):
+        failures.append(f"{soak['other_status']} answers were neither 200 nor 503")
+    if soak.get("wrong_id") or soak.get("wrong_count"):
+        failures.append(
+            f"{soak.get('wrong_id', 0)} answers carried a wrong request ID and "
+            f"{soak.get('wrong_count', 0)} a wrong prediction count"
+        )
+    return failures
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from processes import stop_once_training
-from servers import FAKE_AWS, moto
+from servers import FAKE_AWS, S3_BACKENDS, s3_server
 
 from finlora.checkpoints import CHECKPOINT_COMPLETE, resume_point, run_fingerprint
 from finlora.cli import main
@@ -36,17 +36,24 @@ def outcome(results: dict) -> dict:
     return {"history": results["history"], "test": results["test"], "best": results["best_epoch"]}
 
 
-@pytest.mark.slow  # two real `finlora train` processes and a moto server
-def test_killed_run_resumes_to_the_same_result(
-    tiny_model_dir, phrasebank_slice, tmp_path, monkeypatch
-):
-    """Checkpoints on S3 (moto): kill once epoch 1 is saved, rerun, compare with no kill."""
-    reference = tmp_path / "reference"  # uninterrupted, in this process (same code path)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, phrasebank_slice) -> dict:
+    """The outcome of the run below without a kill, in this process (same code path)."""
+    reference = tmp_path_factory.mktemp("reference") / "run"
     command = train_command(phrasebank_slice, tiny_model_dir, str(reference), None)
     assert main(command[3:]) == 0
-    expected = outcome(json.loads((reference / "final_results.json").read_text()))
+    return outcome(json.loads((reference / "final_results.json").read_text()))
 
-    with moto(tmp_path) as endpoint:
+
+@pytest.mark.slow  # two real `finlora train` processes and an S3 server
+@pytest.mark.parametrize("backend", S3_BACKENDS)
+def test_killed_run_resumes_to_the_same_result(
+    backend, uninterrupted, tiny_model_dir, phrasebank_slice, tmp_path, monkeypatch
+):
+    """Checkpoints on S3 (moto, SeaweedFS): kill once epoch 1 is saved, rerun, compare with
+    the uninterrupted run."""
+    expected = uninterrupted
+    with s3_server(backend, tmp_path) as endpoint:
         for key, value in {**FAKE_AWS, "AWS_ENDPOINT_URL": endpoint}.items():
             monkeypatch.setenv(key, value)
         env = {**os.environ}

@@ -1,7 +1,11 @@
-"""S3 in and out against a real S3-compatible server (moto) on 127.0.0.1."""
+"""S3 in and out against real S3-compatible servers on 127.0.0.1: moto, and SeaweedFS's S3
+gateway (a real object store). Tests that inject a fault (IAM denial, a closed port) use moto
+only."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from servers import FAKE_AWS, free_port, moto
+from servers import FAKE_AWS, free_port, moto, s3_server
 
 from finlora.cloud import s3
 from finlora.cloud.run import apply_s3_prefix, localize_inputs
@@ -23,9 +27,14 @@ BUCKET = "finlora-test"
 FAST = ["--epochs", "2", "--max_length", "32", "--batch_size", "32", "--learning_rate", "0.001"]
 
 
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory) -> str:
-    with moto(tmp_path_factory.mktemp("moto")) as url:
+# Every test that uses `endpoint` runs against both servers; SeaweedFS's variants are slow
+# (a `weed server` of its own, started once for the module).
+BACKENDS = ["moto", pytest.param("seaweedfs", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def endpoint(request, tmp_path_factory) -> str:
+    with s3_server(request.param, tmp_path_factory.mktemp(request.param)) as url:
         yield url
 
 
@@ -166,6 +175,18 @@ def test_missing_bucket_and_missing_credentials_are_one_line_errors(
     assert done.stderr.strip().splitlines()[-1].startswith("finlora: error: no AWS credentials")
 
 
+def test_writes_never_create_a_missing_bucket(bucket, tmp_path):
+    """SeaweedFS creates a missing bucket on an admin's first put; finlora refuses first."""
+    file = tmp_path / "x.txt"
+    file.write_text("x")
+    missing = "bucket 'no-such-bucket' does not exist"
+    with pytest.raises(FinloraError, match=f"{missing} \\(to upload s3://no-such-bucket/x.txt\\)"):
+        s3.upload_file(file, "s3://no-such-bucket/x.txt")
+    with pytest.raises(FinloraError, match=f"{missing} \\(to write to s3://no-such-bucket/run\\)"):
+        s3.check_writable("s3://no-such-bucket/run")
+    assert "no-such-bucket" not in {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
+
+
 @pytest.mark.slow  # a real `finlora train` process
 def test_a_missing_output_bucket_fails_before_training(aws, tiny_model_dir, phrasebank_slice,
                                                       tmp_path):  # fmt: skip
@@ -181,6 +202,8 @@ def test_a_missing_output_bucket_fails_before_training(aws, tiny_model_dir, phra
         "s3://no-such-bucket/run); check the name and region, or create it"
     )
     assert "training LoRA" not in done.stderr and not checkpoints.exists()
+    # SeaweedFS creates a missing bucket on an admin's first put: finlora must not make one.
+    assert "no-such-bucket" not in {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
 
 
 @pytest.mark.slow  # a real `finlora train` process
@@ -236,6 +259,48 @@ def test_multipart_upload_round_trips(bucket, tmp_path):
     assert head["ETag"].strip('"').endswith("-3")  # three parts
     back = s3.download_dir(f"s3://{bucket}/big", tmp_path / "back")
     assert (back / "weights.bin").read_bytes() == payload
+
+
+def test_when_required_checksums_round_trip(bucket, monkeypatch, tmp_path):
+    """The compatibility setting docs/cloud.md gives for stores that refuse boto3's default
+    CRC32 checksums: honoured by finlora's client, and uploads, copies, downloads and deletes
+    still work with it."""
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+    config = s3.client().meta.config
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    folder = tmp_path / "run"
+    (folder / "sub").mkdir(parents=True)
+    payload = os.urandom(6 * s3.MB + 1)
+    (folder / "weights.bin").write_bytes(payload)
+    (folder / "sub" / "a.txt").write_text("a")
+    parts = s3.TransferConfig(multipart_threshold=5 * s3.MB, multipart_chunksize=5 * s3.MB)
+    s3.upload_dir(folder, f"s3://{bucket}/when-required", transfer=parts)
+    back = s3.download_dir(f"s3://{bucket}/when-required", tmp_path / "back")
+    assert (back / "weights.bin").read_bytes() == payload
+    assert (back / "sub" / "a.txt").read_text() == "a"
+    s3.delete_prefix(f"s3://{bucket}/when-required")
+    assert keys("when-required/") == {}
+
+
+def test_delete_objects_carries_content_md5(bucket):
+    """Stores that predate botocore 1.36's CRC32-only DeleteObjects require Content-MD5."""
+    client = s3.client()
+    for key in ("md5/a", "md5/b"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    sent = []
+    client.meta.events.register(
+        "before-send.s3.DeleteObjects", lambda request, **_: sent.append(request)
+    )
+    client.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "md5/a"}, {"Key": "md5/b"}], "Quiet": True}
+    )
+    (request,) = sent
+    digest = base64.b64encode(hashlib.md5(request.body).digest()).decode()
+    header = request.headers["Content-MD5"]
+    assert (header.decode() if isinstance(header, bytes) else header) == digest
+    assert keys("md5/") == {}
 
 
 @pytest.mark.slow  # a real upload process, killed half-way

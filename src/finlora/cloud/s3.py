@@ -6,6 +6,10 @@ S3-compatible store. Throttling and transient errors are retried by botocore (ad
 10 attempts unless AWS_RETRY_MODE / AWS_MAX_ATTEMPTS say otherwise); large files go up and
 down in parallel multipart transfers.
 
+Every write checks first that its bucket exists (`require_bucket`): servers that create a
+missing bucket on upload (SeaweedFS by default) would otherwise turn a mistyped bucket name
+into a new bucket instead of an error.
+
 A directory is published with `upload_dir`: every file goes to a staging prefix first, is then
 copied server-side under the target prefix, and only then is `_SUCCESS` written there. Readers
 (`download_dir`) refuse a prefix without `_SUCCESS`, so an upload that died half-way never
@@ -14,8 +18,10 @@ looks complete.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -100,7 +106,21 @@ def client(endpoint_url: str | None = None, region: str | None = None, probe: bo
     if probe:
         config = config.merge(PROBE)
     session = boto3.session.Session(region_name=region)
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
+    s3 = session.client("s3", endpoint_url=endpoint_url, config=config)
+    s3.meta.events.register("before-call.s3.DeleteObjects", _content_md5)
+    return s3
+
+
+def _content_md5(params, **kwargs) -> None:
+    """DeleteObjects with a Content-MD5 header, as before botocore 1.36: since then botocore
+    sends only a CRC32 checksum, which AWS, SeaweedFS and moto accept, while older MinIO,
+    Ceph RGW and other S3-compatible stores refuse the request with MissingContentMD5
+    (even with AWS_REQUEST_CHECKSUM_CALCULATION=when_required). The body is a small XML list
+    of keys, so the extra digest costs nothing."""
+    body = params.get("body")
+    if isinstance(body, (bytes, bytearray)):
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        params["headers"]["Content-MD5"] = base64.b64encode(digest).decode("ascii")
 
 
 @contextlib.contextmanager
@@ -165,6 +185,18 @@ def bucket_exists(s3, bucket: str) -> bool:
     return True
 
 
+def require_bucket(s3, bucket: str) -> None:
+    """Raise the missing-bucket ClientError before a write, not after it: SeaweedFS's S3
+    gateway (`-s3.autoCreateBucket`, on by default) creates a missing bucket on an admin's
+    first put, so a mistyped name would silently become a new bucket. Any other answer (403
+    for credentials without s3:ListBucket) is left for the write itself to report."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            raise
+
+
 def near_matches(s3, uri: S3Uri, limit: int = 5) -> list[str]:
     """Keys under the missing key's parent prefix that look like it (for the error message)."""
     parent = posixpath.dirname(uri.key.rstrip("/"))
@@ -212,6 +244,7 @@ def upload_file(path: str | Path, uri: str, endpoint_url: str | None = None) -> 
     parsed = S3Uri.parse(uri)
     s3 = client(endpoint_url)
     with explained(uri, "upload", s3):
+        require_bucket(s3, parsed.bucket)
         s3.upload_file(str(path), parsed.bucket, parsed.key, Config=TRANSFER)
 
 
@@ -278,8 +311,9 @@ def check_writable(uri: str, endpoint_url: str | None = None, inside: bool = Fal
     """Before a long job: credentials, endpoint and bucket all let us write (and delete)
     where the job will, under the prefix `uri` (`inside`) or beside it.
 
-    An empty marker is put and deleted, so the check covers permissions (head_bucket would
-    not) and never touches an existing object.
+    An empty marker is put and deleted, so the check covers permissions (head_bucket alone
+    would not) and never touches an existing object. The bucket is checked first: a put
+    into a missing bucket creates it on SeaweedFS (`require_bucket`).
     """
     parsed = S3Uri.parse(uri)
     s3 = client(endpoint_url, probe=True)
@@ -287,6 +321,7 @@ def check_writable(uri: str, endpoint_url: str | None = None, inside: bool = Fal
     prefix = parsed.prefix.rstrip("/")
     key = f"{prefix}/{marker}" if inside else f"{prefix}{marker}"
     with explained(uri, "write to", s3):
+        require_bucket(s3, parsed.bucket)
         s3.put_object(Bucket=parsed.bucket, Key=key, Body=b"")
         s3.delete_object(Bucket=parsed.bucket, Key=key)
 
