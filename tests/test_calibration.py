@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from runs import train_tiny
 
 from finlora.calibration import (
     CALIBRATION,
@@ -220,27 +221,9 @@ def test_single_label_sets_and_review():
 # ---------------------------------------------------------------- a trained tiny model
 
 
-def train_cli(out, tiny_model_dir, data, *extra):
-    code = main(
-        [
-            "-q", "train",
-            "--data", str(data),
-            "--model_name", str(tiny_model_dir),
-            "--epochs", "2",
-            "--batch_size", "32",
-            "--learning_rate", "0.005",
-            "--max_length", "48",
-            "--output_dir", str(out),
-            *extra,
-        ]
-    )  # fmt: skip
-    assert code == 0
-    return out
-
-
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory, tiny_model_dir, phrasebank_slice):
-    return train_cli(tmp_path_factory.mktemp("cal") / "run", tiny_model_dir, phrasebank_slice)
+    return train_tiny(tmp_path_factory.mktemp("cal") / "run", tiny_model_dir, phrasebank_slice)
 
 
 TEXTS = [
@@ -384,12 +367,12 @@ def test_a_model_without_calibration_json_still_predicts_without_sets(calibrated
 
 
 def test_calibrate_false_and_refit_write_no_calibration(tmp_path, tiny_model_dir, phrasebank_slice):
-    run = train_cli(tmp_path / "off", tiny_model_dir, phrasebank_slice, "--calibrate", "false",
+    run = train_tiny(tmp_path / "off", tiny_model_dir, phrasebank_slice, "--calibrate", "false",
                     "--epochs", "1")  # fmt: skip
     assert not (run / CALIBRATION).exists()
     assert "calibration" not in json.loads((run / "final_results.json").read_text())["test"]
     # --refit trains on validation: nothing is left to calibrate on, and the results say so
-    refit = train_cli(tmp_path / "refit", tiny_model_dir, phrasebank_slice, "--refit", "true",
+    refit = train_tiny(tmp_path / "refit", tiny_model_dir, phrasebank_slice, "--refit", "true",
                       "--epochs", "1")  # fmt: skip
     assert not (refit / CALIBRATION).exists()
     warnings = json.loads((refit / "final_results.json").read_text())["warnings"]

@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 import torch
+from runs import train_tiny
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finlora.cli import main
@@ -42,23 +43,7 @@ def files(root):
 
 
 def train_cli(tmp_path, tiny_model_dir, data, name="run", *extra):
-    out = tmp_path / name
-    code = main(
-        [
-            "-q",
-            "train",
-            "--data", str(data),
-            "--model_name", str(tiny_model_dir),
-            "--epochs", "2",
-            "--batch_size", "32",
-            "--learning_rate", "0.005",
-            "--max_length", "48",
-            "--output_dir", str(out),
-            *extra,
-        ]
-    )  # fmt: skip
-    assert code == 0
-    return out
+    return train_tiny(tmp_path / name, tiny_model_dir, data, *extra)
 
 
 def results_of(run):

@@ -70,6 +70,16 @@ JSON_BYTES_PER_CHAR = 6
 RETRY_AFTER_S = 1
 
 
+def json_body(model: type[BaseModel]) -> dict:
+    """OpenAPI for a route that reads its JSON body itself (`read_body`): the body's schema."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
 class ApiError(Exception):
     """A client error: becomes `{"detail": ..., "request_id": ...}` with this status."""
 
@@ -185,12 +195,7 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=json_body(PredictRequest),
     )
     async def predict(request: Request):
         """Classify 1 to max_batch texts; overlong texts are truncated and flagged."""
@@ -211,14 +216,7 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
     @app.post(
         DOCUMENT_ROUTE,
         response_model=ClassifyDocumentResponse,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": ClassifyDocumentRequest.model_json_schema()}
-                },
-            }
-        },
+        openapi_extra=json_body(ClassifyDocumentRequest),
     )
     async def classify_document_route(request: Request):
         """Cut one document into sentences or token windows and return the labelled pieces
@@ -259,12 +257,7 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
     @app.post(
         EXPLAIN_ROUTE,
         response_model=ExplainResponse,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=json_body(PredictRequest),
     )
     async def explain(request: Request):
         """Word attributions (integrated gradients) for the predicted label(s) of 1 to
