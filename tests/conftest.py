@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -42,10 +43,7 @@ def require_data(relative: str) -> Path:
     """A file under the datasets dir; missing data fails under CI=true, else skips."""
     path = DATA_DIR / relative
     if not path.exists():
-        message = f"{path} not found: set FINLORA_DATA_DIR to the shared datasets folder"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{path} not found: set FINLORA_DATA_DIR to the shared datasets folder")
     return path
 
 

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 from finlora import base_models
 from finlora.base_models import (
@@ -183,7 +184,7 @@ def test_models_command_lists_parameters_size_and_state(fake_mpnet, tmp_path, ca
 def test_installed_pieces_are_found_in_order():
     pieces = base_models.piece_files(MPNET)
     if pieces is None:
-        pytest.skip(f"the all-mpnet-base-v2 pieces are not installed ({MPNET_INSTALL})")
+        missing(f"the all-mpnet-base-v2 pieces are not installed ({MPNET_INSTALL})")
     assert [p.name for p in pieces] == [f"all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6)]
 
 
@@ -191,7 +192,7 @@ def test_installed_pieces_are_found_in_order():
 def test_real_all_mpnet_base_v2_trains_offline_under_one_percent(tmp_path, phrasebank_allagree):
     """The real 110M model by its hub id, with no hub: a few steps on 48 PhraseBank lines."""
     if availability(MPNET).state == "missing":
-        pytest.skip(f"all-mpnet-base-v2 is not installed ({MPNET_INSTALL})")
+        missing(f"all-mpnet-base-v2 is not installed ({MPNET_INSTALL})")
     lines = phrasebank_allagree.read_text(encoding="iso-8859-1").splitlines()
     picked = [
         line
