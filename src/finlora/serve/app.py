@@ -192,6 +192,17 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
     async def validation_error(request: Request, exc: RequestValidationError):
         return error_response(422, validation_message(exc.errors()))
 
+    def refuse_batch(request: Request, texts: list[str]) -> Response | None:
+        """Too many texts: a 422; a service that is stopping: the 503 to return."""
+        if len(texts) > settings.max_batch:
+            raise ApiError(
+                422, f"{len(texts)} texts in one request; the limit is {settings.max_batch}"
+            )
+        if request.app.state.draining:
+            metrics.rejected.labels("shutting_down").inc()
+            return busy_response("server shutting down; retry on another instance")
+        return None
+
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
@@ -200,13 +211,8 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
     async def predict(request: Request):
         """Classify 1 to max_batch texts; overlong texts are truncated and flagged."""
         texts = (await read_body(request, PredictRequest)).texts
-        if len(texts) > settings.max_batch:
-            raise ApiError(
-                422, f"{len(texts)} texts in one request; the limit is {settings.max_batch}"
-            )
-        if request.app.state.draining:
-            metrics.rejected.labels("shutting_down").inc()
-            return busy_response("server shutting down; retry on another instance")
+        if (refused := refuse_batch(request, texts)) is not None:
+            return refused
         predictions = await request.app.state.batcher.predict(texts)
         for p in predictions:
             for label in p["labels"] if "labels" in p else [p["label"]]:
@@ -264,13 +270,8 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
         max_batch texts, as `finlora predict --explain`; needs the model's torch weights (an
         ONNX service loads them at the first call)."""
         texts = (await read_body(request, PredictRequest)).texts
-        if len(texts) > settings.max_batch:
-            raise ApiError(
-                422, f"{len(texts)} texts in one request; the limit is {settings.max_batch}"
-            )
-        if request.app.state.draining:
-            metrics.rejected.labels("shutting_down").inc()
-            return busy_response("server shutting down; retry on another instance")
+        if (refused := refuse_batch(request, texts)) is not None:
+            return refused
         if request.app.state.explainer is None:
             torch_dir = torch_model_dir(settings.model_dir)
             if torch_dir is None:
