@@ -84,6 +84,24 @@ def test_explain_route_loads_torch_behind_onnx(onnx_client):
     assert "/v1/explain" in onnx_client.get("/openapi.json", headers=headers).json()["paths"]
 
 
+def test_explain_route_bounds_its_hold_on_the_inference_thread(exported_dir):
+    """At most max_explain_texts per request, and one explanation at a time: a second one
+    gets 503 with Retry-After at once instead of queueing behind it."""
+    settings = ServeSettings(model_dir=exported_dir, threads=1, max_explain_texts=1)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with TestClient(create_app(settings, api_keys=[KEY])) as client:
+        too_many = client.post("/v1/explain", json={"texts": TEXTS}, headers=headers)
+        assert too_many.status_code == 422 and "max_explain_texts" in too_many.json()["detail"]
+        client.app.state.explaining = True  # as while another request's explanation runs
+        busy = client.post("/v1/explain", json={"texts": TEXTS[:1]}, headers=headers)
+        assert busy.status_code == 503 and busy.headers["Retry-After"]
+        client.app.state.explaining = False
+        done = client.post("/v1/explain", json={"texts": TEXTS[:1]}, headers=headers)
+        assert done.status_code == 200, done.text
+        metrics = client.get("/metrics", headers=headers).text
+        assert 'reason="explain_busy"' in metrics
+
+
 def test_explain_route_without_torch_weights_is_409(exported_dir, tmp_path):
     onnx_only = tmp_path / "export"
     shutil.copytree(exported_dir / "onnx", onnx_only)

@@ -165,6 +165,7 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
     )
     app.state.predictor = None
     app.state.explainer = None  # built at the first /v1/explain call
+    app.state.explaining = False  # an explanation holds the inference thread
     app.state.draining = False  # set on SIGTERM: readyz and new work answer 503
     document_body = JSON_BYTES_PER_CHAR * settings.max_document_chars + 1024
     # Inside the request-context layer, so a 401 carries a request ID and is logged and counted.
@@ -272,6 +273,15 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
         texts = (await read_body(request, PredictRequest)).texts
         if (refused := refuse_batch(request, texts)) is not None:
             return refused
+        if len(texts) > settings.max_explain_texts:  # about a second of the one thread each
+            raise ApiError(
+                422,
+                f"{len(texts)} texts to explain in one request; the limit is "
+                f"{settings.max_explain_texts} (max_explain_texts)",
+            )
+        if request.app.state.explaining:  # one at a time: predictions wait behind it
+            metrics.rejected.labels("explain_busy").inc()
+            return busy_response("another explanation is running; retry shortly")
         if request.app.state.explainer is None:
             torch_dir = torch_model_dir(settings.model_dir)
             if torch_dir is None:
@@ -290,10 +300,13 @@ def create_app(settings: ServeSettings | None = None, api_keys: list[str] | None
             return state.explainer.explain(texts)
 
         loop = asyncio.get_running_loop()
+        state.explaining = True
         try:
             records = await loop.run_in_executor(state.batcher.executor, run)
         except FinloraError as exc:  # the model cannot be explained (no fast tokenizer, ...)
             raise ApiError(409, str(exc).splitlines()[0]) from None
+        finally:
+            state.explaining = False
         return Response(json.dumps({"explanations": records}), media_type="application/json")
 
     @app.get("/healthz")

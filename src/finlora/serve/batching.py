@@ -80,7 +80,7 @@ class MicroBatcher:
             job = self.queue.get_nowait()
             if not job.future.done():
                 job.future.set_exception(self._reject("shutting_down"))
-        self.executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True, cancel_futures=True)  # queued work will not run
 
     def _reject(self, reason: str) -> Rejected:
         if self.on_reject:

@@ -67,11 +67,11 @@ class Metrics:
         self.rejected = Counter(
             "finlora_rejected_requests",
             "Requests answered 503 without inference, by reason "
-            "(queue_full, deadline, shutting_down)",
+            "(queue_full, deadline, shutting_down, explain_busy)",
             ["reason"],
             registry=self.registry,
         )
-        for reason in ("queue_full", "deadline", "shutting_down"):
+        for reason in ("queue_full", "deadline", "shutting_down", "explain_busy"):
             self.rejected.labels(reason)
         self.predicted = Counter(
             "finlora_predictions", "Texts classified, by label", ["label"], registry=self.registry

@@ -35,6 +35,12 @@ class ServeSettings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
     max_batch: int = Field(64, ge=1, le=4096, description="most texts in one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size limit")
+    max_explain_texts: int = Field(
+        8,
+        ge=1,
+        description="most texts in one POST /v1/explain (about a second each on a CPU; one "
+        "explanation runs at a time, others get 503)",
+    )
     max_document_chars: int = Field(
         2_000_000, ge=1, description="longest text POST /v1/classify-document accepts"
     )
