@@ -103,9 +103,14 @@ def is_stream(path: Path) -> bool:
 
 def write_json(path: str | Path, payload: Any) -> None:
     """Write through a temporary file renamed into place: never a half-written JSON."""
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text through a temporary file renamed into place (streams and FIFOs such
+    as /dev/stdout are written directly)."""
     path = Path(path)
     partial = partial_file(path)
-    text = json.dumps(payload, indent=2, default=str) + "\n"
     if partial == path:
         path.write_text(text, encoding="utf-8")
         return

@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from finlora.artifacts import write_json
 from finlora.config import TrainConfig
 from finlora.data import PreparedData
 from finlora.errors import FinloraError
@@ -90,7 +91,7 @@ def resume_point(checkpoint_dir: Path, fingerprint: str, tidy: bool = True) -> P
         state["best_model_checkpoint"] = str(
             checkpoint_dir / Path(state["best_model_checkpoint"]).name
         )
-        state_file.write_text(json.dumps(state, indent=2))
+        write_json(state_file, state)  # the only checkpoint to resume from: never half-written
     log.info("resuming from %s (step %d)", latest, checkpoint_step(latest))
     return latest
 

@@ -353,6 +353,8 @@ def html_page(texts: Sequence[str], records: Sequence[dict], title: str = "finlo
 
 
 def write_html(path: str | Path, texts: Sequence[str], records: Sequence[dict]) -> Path:
+    from finlora.artifacts import write_text
+
     path = Path(path)
-    path.write_text(html_page(texts, records), encoding="utf-8")
+    write_text(path, html_page(texts, records))
     return path

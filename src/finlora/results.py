@@ -474,7 +474,7 @@ def validate_results(payload: Any, source: str | Path = RESULTS) -> None:
     """Raise a one-line FinloraError naming the first problems if `payload` does not match
     the schema; files without `schema_version` are checked as version 1."""
     if isinstance(payload, dict) and "schema_version" not in payload:
-        payload = {"schema_version": SCHEMA_VERSION, **payload}
+        payload = {"schema_version": 1, **payload}  # files from before versioning
     version = payload.get("schema_version") if isinstance(payload, dict) else None
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise FinloraError(
@@ -489,6 +489,7 @@ def validate_results(payload: Any, source: str | Path = RESULTS) -> None:
 
 def parse_results(payload: dict[str, Any], source: str | Path = RESULTS) -> FinalResults:
     """Check `payload` against the schema and return it typed."""
+    payload = {"schema_version": 1, **payload}  # a file's own version wins; none: version 1
     validate_results(payload, source)
     return FinalResults.from_dict(payload)
 
