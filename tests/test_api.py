@@ -71,6 +71,7 @@ def test_train_then_predict_and_evaluate_in_process(tmp_path, tiny_model_dir, ph
     assert all(r["label"] in predictor.labels for r in records)
     metrics = evaluate(out, TEXTS, ["negative", "positive"])
     assert 0 <= metrics["macro_f1"] <= 1
+    assert {"calibration", "conformal"} <= set(metrics)  # the block `finlora evaluate` prints
     with pytest.raises(FinloraError, match="unknown to the model"):
         evaluate(out, TEXTS[:1], ["bearish"])
 

@@ -74,10 +74,9 @@ def evaluate(
 
     Returns:
         The metrics block `finlora evaluate` prints: `macro_f1`, `accuracy` (single-label) or
-        `micro_f1` (multi-label), per-class precision/recall/F1, the confusion matrix.
+        `micro_f1` (multi-label), per-class precision/recall/F1, the confusion matrix, and
+        `calibration`/`conformal` when the model is calibrated.
     """
-    from finlora.data.prepare import multi_hot
-    from finlora.evaluation import classification_report, multilabel_report
     from finlora.predictor import Predictor
 
     predictor = Predictor.load(model_dir, batch_size=batch_size)
@@ -90,14 +89,38 @@ def evaluate(
             f"label(s) {', '.join(unknown)} unknown to the model; it knows "
             f"{', '.join(predictor.labels)}"
         )
+    return metrics_block(predictor, texts, labels)
+
+
+def metrics_block(predictor: Any, texts: Sequence[str], labels: Sequence) -> dict:
+    """The metrics of a loaded Predictor on labelled texts, as `finlora evaluate` reports them.
+
+    Args:
+        predictor: a `finlora.Predictor`.
+        texts: the texts.
+        labels: their true labels by name (a list of names per text for a multi-label model),
+            all known to the model.
+
+    Returns:
+        The metrics block (see `evaluate`), with `calibration` and `conformal` blocks when the
+        model is calibrated; multi-label thresholds as saved (thresholds.json).
+    """
+    from finlora.calibration import uncertainty_blocks
+    from finlora.data.prepare import multi_hot
+    from finlora.evaluation import apply_thresholds, classification_report, multilabel_report
+
+    logits = predictor.logits(list(texts))
     if predictor.multi_label:
-        return multilabel_report(
-            multi_hot(list(labels), predictor.labels),
-            predictor.predict_label_matrix(list(texts)),
+        truth = multi_hot(list(labels), predictor.labels)
+        block = multilabel_report(
+            truth,
+            apply_thresholds(predictor.scores(logits), predictor.thresholds),
             predictor.labels,
-            predictor.thresholds,
+            predictor.raw_thresholds,
         )
-    index = {name: i for i, name in enumerate(predictor.labels)}
-    return classification_report(
-        [index[label] for label in labels], predictor.predict_ids(list(texts)), predictor.labels
-    )
+    else:
+        index = {name: i for i, name in enumerate(predictor.labels)}
+        truth = [index[label] for label in labels]
+        block = classification_report(truth, logits.argmax(-1), predictor.labels)
+    block.update(uncertainty_blocks(predictor, logits, truth))
+    return block

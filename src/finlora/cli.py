@@ -457,18 +457,11 @@ def cmd_train(config: TrainConfig) -> int:
 
 
 def cmd_evaluate(args: EvaluateSettings) -> int:
+    from finlora.api import metrics_block
     from finlora.artifacts import check_output_file, write_json
-    from finlora.calibration import uncertainty_blocks
-    from finlora.data.prepare import multi_hot
     from finlora.data.sources import as_label_list, read_labelled
     from finlora.data.validate import check_known_labels, clean
-    from finlora.evaluation import (
-        apply_thresholds,
-        classification_report,
-        format_multilabel_report,
-        format_report,
-        multilabel_report,
-    )
+    from finlora.evaluation import format_multilabel_report, format_report
 
     if args.output and not args.output.startswith("s3://"):
         check_output_file(args.output)
@@ -490,23 +483,9 @@ def cmd_evaluate(args: EvaluateSettings) -> int:
         check_known_labels(
             frame, predictor.labels, args.data, fix="evaluate a model trained on them"
         )
-        logits = predictor.logits(frame["text"])
-        if predictor.multi_label:
-            truth = multi_hot(frame["label"], predictor.labels)
-            block = multilabel_report(
-                truth,
-                apply_thresholds(predictor.scores(logits), predictor.thresholds),
-                predictor.labels,
-                predictor.raw_thresholds,
-            )
-            block.update(uncertainty_blocks(predictor, logits, truth))
-            log.info("\n%s", format_multilabel_report(block, Path(data).name))
-        else:
-            index = {name: i for i, name in enumerate(predictor.labels)}
-            truth = [index[lab] for lab in frame["label"]]
-            block = classification_report(truth, logits.argmax(-1), predictor.labels)
-            block.update(uncertainty_blocks(predictor, logits, truth))
-            log.info("\n%s", format_report(block, Path(data).name))
+        block = metrics_block(predictor, frame["text"], frame["label"])
+        report = format_multilabel_report if predictor.multi_label else format_report
+        log.info("\n%s", report(block, Path(data).name))
         if args.output:
             output = Path(tmp) / "metrics.json" if args.output.startswith("s3://") else args.output
             write_json(output, block)
